@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autograder: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("autograder: interrupted (graded submissions are kept; run again to resume)",
-              file=sys.stderr)
+        print(
+            "autograder: interrupted (graded submissions are kept; run again to resume)",
+            file=sys.stderr,
+        )
         return 130

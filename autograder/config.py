@@ -197,7 +197,9 @@ def _read_assignment(reader: _Reader, name: str, raw: Any, root: Path) -> Assign
         nb = reader.mapping(raw["notebook"], f"{key}.notebook")
         reader.unknown_keys(nb, {"file", "points"}, f"{key}.notebook")
         notebook = NotebookConfig(
-            file=reader.string(reader.required(nb, "file", f"{key}.notebook"), f"{key}.notebook.file"),
+            file=reader.string(
+                reader.required(nb, "file", f"{key}.notebook"), f"{key}.notebook.file"
+            ),
             points=reader.number(
                 reader.required(nb, "points", f"{key}.notebook"), f"{key}.notebook.points"
             ),
