@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Status = Literal["passed", "failed", "error", "timeout", "crashed", "skipped"]
+# "pending": graded by hand later (a notebook's written answer): counts in the part's maximum,
+# earns nothing until a grader scores it in the gradebook.
+Status = Literal["passed", "failed", "error", "timeout", "crashed", "skipped", "pending"]
 
 
 @dataclass

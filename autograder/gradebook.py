@@ -1,0 +1,211 @@
+"""One nbgrader gradebook for the whole assignment: module parts and notebook side by side.
+
+nbgrader's data model (``nbgrader.api``) is assignment -> notebooks -> grade cells, and a
+submission's score is the sum of its grades (``Grade.score`` is ``manual_score`` when a grader
+set one, else ``auto_score``). We fit the module parts into it as a second notebook:
+
+    assignment "normalizing_flows"                      max = sum of parts + notebook points
+      notebook "explore"   grade cells from the source notebook (nbgrader's generate_assignment)
+      notebook "modules"   one autograded grade cell per part, ``max_score`` = the part's points
+
+so formgrader and nbgrader's exporter show **one total per student**. Recording a submission
+sets ``auto_score`` only, never ``manual_score``, so a TA's grade survives a re-grade; and a
+re-grade with the same scores changes no row (``needs_manual_grade`` is raised only when an
+automatic score *changes* under a manual one, the way nbgrader's ``SaveAutoGrades`` flags it).
+Each submission is written in one transaction, so a crash between two loses neither.
+
+The database is SQLite at ``<repo>/gradebook.db`` unless a SQLAlchemy URL is given (``--db``),
+e.g. PostgreSQL for several graders at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from autograder.config import Assignment, Course
+from autograder.errors import AutograderError
+
+MODULES_NOTEBOOK = "modules"
+GRADEBOOK_FILE = "gradebook.db"
+ROSTER_COLUMNS = ("id", "first_name", "last_name", "email")  # nbgrader db student import
+
+
+def database_url(course: Course, db_url: str | None = None) -> str:
+    """``db_url``, or the course's SQLite file ``<repo>/gradebook.db``."""
+    return db_url or f"sqlite:///{Path(course.root).resolve() / GRADEBOOK_FILE}"
+
+
+def create_database(url: str) -> None:
+    """Create nbgrader's tables, stamped with its alembic head, if the database has none.
+
+    nbgrader's ``Gradebook`` does the same on first use but asks the ``alembic`` command line
+    for the head (a subprocess, ~5 s); alembic's Python API answers it in milliseconds.
+    """
+    import nbgrader
+    from alembic.script import ScriptDirectory
+    from nbgrader.api import Base
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url, future=True)
+    try:
+        if inspect(engine).get_table_names():
+            return
+        head = ScriptDirectory(str(Path(nbgrader.__file__).parent / "alembic")).get_current_head()
+        with engine.begin() as connection:
+            Base.metadata.create_all(connection)
+            connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+            connection.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": head})
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def open_gradebook(course: Course, db_url: str | None = None) -> Iterator:
+    """nbgrader's :class:`~nbgrader.api.Gradebook` for the course (created when missing)."""
+    from nbgrader.api import Gradebook
+
+    url = database_url(course, db_url)
+    try:
+        create_database(url)
+        gradebook = Gradebook(url, course.id)
+    except Exception as exc:  # a bad URL or an unreachable server: one line, not a traceback
+        raise AutograderError(f"gradebook {url}: cannot open ({exc})") from None
+    try:
+        yield gradebook
+    finally:
+        gradebook.close()
+
+
+def import_roster(gradebook, roster: Path) -> int:
+    """Add or update the students of a roster CSV (``id,first_name,last_name,email``, as
+    ``nbgrader db student import`` reads it); returns how many."""
+    try:
+        with roster.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise AutograderError(f"{roster}: cannot read the roster ({exc.strerror})") from None
+    for number, row in enumerate(rows, start=2):
+        student = (row.get("id") or "").strip()
+        if not student:
+            raise AutograderError(f"{roster}:{number}: a student without an id")
+        extra = {key: row[key] or None for key in ROSTER_COLUMNS[1:] if key in row}
+        gradebook.update_or_create_student(student, **extra)
+    return len(rows)
+
+
+def prepare_assignment(course: Course, assignment: Assignment, db_url: str | None = None) -> None:
+    """Make the assignment's structure exist in the gradebook: the explore notebook's cells
+    (through nbgrader's ``generate_assignment``), the ``modules`` notebook, the roster.
+
+    Idempotent; run once per batch, before any submission is recorded.
+    """
+    with open_gradebook(course, db_url) as gradebook:
+        gradebook.update_or_create_assignment(assignment.name, duedate=assignment.due)
+        if course.roster is not None:
+            import_roster(gradebook, course.roster)
+        gradebook.update_or_create_notebook(MODULES_NOTEBOOK, assignment.name)
+        for part, points in assignment.parts.items():
+            gradebook.update_or_create_grade_cell(
+                part, MODULES_NOTEBOOK, assignment.name, max_score=points, cell_type="code"
+            )
+    from autograder.notebook import has_notebook, register_notebook
+
+    if has_notebook(assignment):
+        register_notebook(course, assignment, database_url(course, db_url))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One submission's automatic scores: ``(notebook, grade cell) -> points`` (``None``:
+    waiting for a grader)."""
+
+    student: str
+    cells: Mapping[tuple[str, str], float | None]
+
+
+def record(
+    course: Course, assignment: Assignment, scores: Scores, db_url: str | None = None
+) -> None:
+    """Write one submission's scores in one transaction (see the module docstring)."""
+    with open_gradebook(course, db_url) as gradebook:
+        _ensure_submission(gradebook, assignment, scores.student)
+        session = gradebook.db
+        try:
+            for (notebook, cell), auto_score in scores.cells.items():
+                grade = gradebook.find_grade(cell, notebook, assignment.name, scores.student)
+                _set_auto_score(grade, auto_score)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def _ensure_submission(gradebook, assignment: Assignment, student: str) -> None:
+    from nbgrader.api import MissingEntry
+
+    try:
+        gradebook.find_student(student)
+    except MissingEntry:
+        gradebook.add_student(student)  # not on the roster: created on first grade
+    # nbgrader mirrors the assignment's notebooks and cells into a new submission's grades.
+    gradebook.update_or_create_submission(assignment.name, student)
+
+
+def _set_auto_score(grade, auto_score: float | None) -> None:
+    if grade.auto_score == auto_score:
+        return  # a re-grade that changes nothing writes nothing
+    grade.auto_score = auto_score
+    # As SaveAutoGrades: a changed automatic score under a manual one needs a grader's look.
+    grade.needs_manual_grade = grade.manual_score is not None or auto_score is None
+
+
+class GradebookSink:
+    """The batch sink: records each graded submission (idempotent; safe from many threads)."""
+
+    def __init__(self, course: Course, assignment: Assignment, db_url: str | None = None) -> None:
+        self.course, self.assignment, self.db_url = course, assignment, db_url
+        self._lock = threading.Lock()  # SQLite takes one writer at a time
+        prepare_assignment(course, assignment, db_url)
+
+    def __call__(self, graded) -> None:
+        if graded.key is None:
+            return  # not graded (unreadable submission): it is retried on the next run
+        with self._lock:
+            record(self.course, self.assignment, scores_of(self.assignment, graded), self.db_url)
+
+
+def scores_of(assignment: Assignment, graded) -> Scores:
+    """Gradebook scores of a :class:`~autograder.grading.batch.GradedSubmission`: each graded
+    module part's points, and each notebook cell's (its outcome's weight is its points)."""
+    from autograder.grading.scoring import NOTEBOOK_PART
+    from autograder.notebook import notebook_id
+
+    cells: dict[tuple[str, str], float | None] = {}
+    for part, score in graded.score.parts.items():
+        if part != NOTEBOOK_PART and score.graded:
+            cells[MODULES_NOTEBOOK, part] = score.earned
+    notebook = graded.score.parts.get(NOTEBOOK_PART)
+    if notebook is not None and notebook.graded:
+        name = notebook_id(assignment)
+        for test in notebook.tests:
+            outcome = test.outcome
+            cell = outcome.nodeid.split("::", 1)[1]
+            points = outcome.weight if outcome.passed else 0.0
+            cells[name, cell] = None if outcome.status == "pending" else points
+    return Scores(graded.name, cells)
+
+
+def export_csv(course: Course, out: Path, db_url: str | None = None) -> None:
+    """Write the gradebook to ``out`` with nbgrader's own CSV exporter (its columns: assignment,
+    duedate, timestamp, student_id, last_name, first_name, email, raw_score,
+    late_submission_penalty, score, max_score)."""
+    from nbgrader.plugins.export import CsvExportPlugin
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open_gradebook(course, db_url) as gradebook:
+        CsvExportPlugin(to=str(out)).export(gradebook)

@@ -1,0 +1,416 @@
+"""Grade many submissions: the pipeline per submission, a thread pool, resume after a crash.
+
+Per submission, small named stages run in order::
+
+    unpack -> key (resume?) -> workspace -> supervise -> extra stages -> score -> plots -> reports
+           -> grading.json -> grades.csv -> sinks
+
+``<name>`` is the submission's folder name or zip stem; its outputs go to ``out/<name>/``.
+
+**Resume.** The *content key* is ``sha256`` of the student files, the hidden suites, the given
+files, the part points and the parts asked for. ``out/<name>/grading.json`` (written last, with
+the key and the :class:`SuiteRun`) says the submission is done: a re-run with the same key reuses
+it, so a killed or interrupted batch resumes where it stopped and an unchanged one is free.
+
+**Failure.** A submission that cannot be unpacked (or whose grading hits a grader bug) still
+gets a complete ``results.json``: every part at 0, the reason in ``output`` and in the flags;
+the batch goes on.
+
+**Extension points** (filled by :func:`default_extensions`, or passed to :func:`grade_batch`):
+
+- *extra stages*: ``stage(ctx: StageContext) -> list[TestOutcome]``, called after the hidden
+  suites while the prepared workspace exists (e.g. nbgrader's autograde of the notebook, whose
+  outcomes carry ``part="notebook"`` and score against ``notebook.points``). A stage that raises
+  costs its outcomes, not the batch: the error becomes a flag.
+- *sinks*: ``sink(graded: GradedSubmission) -> None``, called after a submission's reports are
+  written, for resumed submissions too (so a sink must be idempotent; e.g. the gradebook).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from autograder.config import Assignment, Course
+from autograder.errors import AutograderError
+from autograder.grading import atomic
+from autograder.grading.models import SuiteRun, TestOutcome
+from autograder.grading.plots import draw_pictures
+from autograder.grading.reports import (
+    GRADES_CSV,
+    RESULTS,
+    SubmissionReport,
+    format_table,
+    grades_row,
+    write_grades_csv,
+    write_reports,
+)
+from autograder.grading.scoring import Score, part_points, score
+from autograder.grading.supervisor import Supervisor
+from autograder.grading.unpack import PACKAGE, StudentFiles, SubmissionError, collect_submission
+from autograder.grading.workspace import prepare_workspace, student_file_names
+
+GRADING = "grading.json"
+PLOTS = "plots"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What an extra stage may look at for one submission."""
+
+    course: Course
+    assignment: Assignment
+    name: str
+    submission: Path  # the folder or zip as given
+    workspace: Path  # the prepared workspace (given files + student files); removed after
+    files: StudentFiles
+    parts: list[str] | None  # the parts asked for (None: all)
+
+
+@dataclass
+class GradedSubmission:
+    """One submission's grade, as the sinks and the caller see it."""
+
+    name: str
+    submission: Path
+    out_dir: Path
+    key: str | None  # None when it could not be graded (it is retried on the next run)
+    run: SuiteRun
+    report: SubmissionReport
+    resumed: bool = False
+    parts: list[str] | None = None  # the parts graded (None: all)
+    content: str | None = None  # digest of the student files alone
+
+    @property
+    def score(self) -> Score:
+        return self.report.score
+
+    @property
+    def row(self) -> dict[str, Any]:
+        return grades_row(self.report, self.key)
+
+
+ExtraStage = Callable[[StageContext], list[TestOutcome]]
+Sink = Callable[[GradedSubmission], None]
+
+
+@dataclass
+class Extensions:
+    """The extra stages and sinks a batch runs (see the module's docstring)."""
+
+    stages: list[ExtraStage] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
+
+
+def default_extensions(course: Course, assignment: Assignment, db_url: str | None) -> Extensions:
+    """The stages and sinks every ``autograder grade`` runs (the notebook and the gradebook)."""
+    # nbgrader is heavy: imported only when grading runs.
+    from autograder.gradebook import GradebookSink
+    from autograder.notebook import has_notebook, notebook_stage
+
+    stages = [notebook_stage] if has_notebook(assignment) else []
+    return Extensions(stages=stages, sinks=[GradebookSink(course, assignment, db_url)])
+
+
+def submission_name(submission: Path) -> str:
+    """``<name>``: the folder name, or the stem of a ``.zip``."""
+    return submission.stem if submission.suffix.lower() == ".zip" else submission.name
+
+
+def grade_batch(
+    course: Course,
+    assignment: Assignment,
+    submissions: list[Path],
+    out: Path,
+    *,
+    jobs: int = 1,
+    db_url: str | None = None,
+    parts: list[str] | None = None,
+    extensions: Extensions | None = None,
+    progress: bool = True,
+) -> list[GradedSubmission]:
+    """Grade ``submissions`` into ``out`` (``jobs`` at a time); prints a summary table.
+
+    Returns the graded submissions in the order given. Raises :class:`AutograderError` for two
+    submissions with the same name, an unknown part, or ``jobs < 1``.
+    """
+    if jobs < 1:
+        raise AutograderError(f"--jobs must be at least 1, got {jobs}")
+    unknown = sorted(set(parts or []) - set(part_points(assignment)))
+    if unknown:
+        known = ", ".join(part_points(assignment))
+        raise AutograderError(f"unknown part {unknown[0]!r} for {assignment.name} (known: {known})")
+    names = _unique_names(submissions)
+    if extensions is None:
+        extensions = default_extensions(course, assignment, db_url)
+    grader = _BatchGrader(course, assignment, out, parts, extensions)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, GradedSubmission] = {}
+    bar = tqdm(total=len(names), desc="grading", unit="sub", file=sys.stderr, disable=not progress)
+    with Supervisor(assignment, jobs=jobs) as supervisor, bar:
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            futures = [
+                pool.submit(grader.grade, name, path, supervisor) for name, path in names.items()
+            ]
+            for future in as_completed(futures):
+                graded = future.result()
+                results[graded.name] = graded
+                bar.set_postfix_str(f"{graded.name}: {graded.score.total:.1f}")
+                bar.update()
+        except BaseException:
+            # Interrupted (Ctrl-C) or a sink failed: whatever is still running is killed with the
+            # supervisor and must not be stored as graded, or a resume would trust it.
+            grader.stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    ordered = [results[name] for name in names]
+    print(format_table(assignment, [g.row for g in ordered], resumed=_resumed(ordered)))
+    return ordered
+
+
+def _unique_names(submissions: Iterable[Path]) -> dict[str, Path]:
+    names: dict[str, Path] = {}
+    for path in submissions:
+        name = submission_name(Path(path))
+        if name in names:
+            raise AutograderError(
+                f"{path}: two submissions are named {name!r} (the other is {names[name]}); "
+                "their outputs would overwrite each other"
+            )
+        names[name] = Path(path)
+    return names
+
+
+def _resumed(graded: list[GradedSubmission]) -> set[str]:
+    return {g.name for g in graded if g.resumed}
+
+
+class _BatchGrader:
+    """The per-submission pipeline; ``grade`` is called from several threads at once."""
+
+    def __init__(
+        self,
+        course: Course,
+        assignment: Assignment,
+        out: Path,
+        parts: list[str] | None,
+        extensions: Extensions,
+    ) -> None:
+        self.course, self.assignment, self.out = course, assignment, out
+        self.parts, self.extensions = parts, extensions
+        self.course_digest = _course_digest(assignment, parts)
+        self._csv_lock = threading.Lock()
+        self.stopping = threading.Event()  # set when the batch is abandoned midway
+
+    def grade(self, name: str, submission: Path, supervisor: Supervisor) -> GradedSubmission:
+        dest = self.out / name
+        started = time.monotonic()
+        try:
+            files = collect_submission(submission, student_file_names(self.assignment))
+        except SubmissionError as exc:
+            graded = self._failed(name, submission, dest, str(exc), "unreadable submission")
+        else:
+            content = _files_digest(files)
+            key = hashlib.sha256(f"{self.course_digest}:{content}".encode()).hexdigest()
+            graded = self._resume(name, submission, dest, key)
+            if graded is None:
+                try:
+                    graded = self._grade_files(name, submission, dest, key, files, supervisor)
+                    graded = self._merge_previous(graded, content)
+                except Exception as exc:  # a grader bug must not stop the other submissions
+                    tqdm.write(f"autograder: grading {name} failed:\n{traceback.format_exc()}")
+                    graded = self._failed(name, submission, dest, repr(exc), "grader error")
+        if self.stopping.is_set():
+            raise _Abandoned(name)
+        if not graded.resumed:
+            graded.report = replace(graded.report, wall_time_s=time.monotonic() - started)
+            self._store(graded)
+        for sink in self.extensions.sinks:
+            sink(graded)
+        return graded
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def _resume(self, name: str, submission: Path, dest: Path, key: str) -> GradedSubmission | None:
+        stored = _read_grading(dest)
+        if stored is None or stored.get("key") != key or not (dest / RESULTS).is_file():
+            return None
+        run = SuiteRun.from_json(stored["run"])
+        report = SubmissionReport(
+            name=name,
+            score=score(self.assignment, run, parts=stored.get("parts")),
+            flags=run.flags,
+            wall_time_s=float(stored.get("wall_time_s", 0.0)),
+        )
+        return GradedSubmission(
+            name,
+            submission,
+            dest,
+            key,
+            run,
+            report,
+            resumed=True,
+            parts=stored.get("parts"),
+            content=stored.get("content"),
+        )
+
+    def _grade_files(
+        self,
+        name: str,
+        submission: Path,
+        dest: Path,
+        key: str,
+        files: StudentFiles,
+        supervisor: Supervisor,
+    ) -> GradedSubmission:
+        with tempfile.TemporaryDirectory(prefix=f"autograder-{name}-") as scratch:
+            workspace = prepare_workspace(self.assignment, files, Path(scratch))
+            run = supervisor.run(workspace, parts=self.parts)
+            context = StageContext(
+                self.course, self.assignment, name, submission, workspace, files, self.parts
+            )
+            for stage in self.extensions.stages:
+                _run_stage(stage, context, run)
+        report = SubmissionReport(
+            name=name,
+            score=score(self.assignment, run, parts=self.parts),
+            flags=list(run.flags),
+            notes=[
+                f"{PACKAGE}/{name} is not in your submission: the stub was graded instead"
+                for name in files.missing
+            ],
+            pictures=draw_pictures(run.artifacts, dest / PLOTS),
+        )
+        return GradedSubmission(name, submission, dest, key, run, report, parts=self.parts)
+
+    def _merge_previous(self, graded: GradedSubmission, content: str) -> GradedSubmission:
+        """After a ``--part`` re-grade, keep the other parts' stored results for the same code."""
+        graded = replace(graded, content=content)
+        stored = _read_grading(graded.out_dir)
+        if not self.parts or stored is None or stored.get("content") != content:
+            return graded
+        previous = SuiteRun.from_json(stored["run"])
+        run = graded.run
+        kept = [t for t in previous.tests if t.part not in self.parts]
+        run.tests = kept + [t for t in run.tests if t.part in self.parts]
+        run.flags = list(dict.fromkeys(previous.flags + run.flags))
+        run.artifacts = run.artifacts or previous.artifacts
+        before = stored.get("parts")
+        parts = None if before is None else sorted({*before, *self.parts})
+        report = replace(
+            graded.report,
+            score=score(self.assignment, run, parts=parts),
+            pictures=draw_pictures(run.artifacts, graded.out_dir / PLOTS),
+        )
+        return replace(graded, report=report, parts=parts)
+
+    def _failed(
+        self, name: str, submission: Path, dest: Path, error: str, flag: str
+    ) -> GradedSubmission:
+        """Every asked part at 0 with the reason, so the results are complete anyway."""
+        asked = self.parts or list(self.assignment.parts)
+        run = SuiteRun(
+            tests=[
+                TestOutcome(
+                    nodeid=f"{flag}::{part}",
+                    name=f"{part}: submission graded",
+                    part=part,
+                    weight=1.0,
+                    status="error",
+                    message=error,
+                )
+                for part in asked
+            ],
+            flags=[f"{flag}: {error}"],
+        )
+        report = SubmissionReport(
+            name=name,
+            score=score(self.assignment, run, parts=self.parts),
+            flags=run.flags,
+            error=error,
+        )
+        return GradedSubmission(name, submission, dest, None, run, report)
+
+    def _store(self, graded: GradedSubmission) -> None:
+        """Reports, then ``grading.json`` (the "done" mark), then the CSV of all done ones."""
+        write_reports(graded.out_dir, self.assignment, graded.report)
+        graded.run.wall_time_s = graded.report.wall_time_s
+        atomic.write_json(
+            graded.out_dir / GRADING,
+            {
+                "name": graded.name,
+                "submission": str(graded.submission),
+                "key": graded.key,
+                "parts": graded.parts,
+                "content": graded.content,
+                "wall_time_s": graded.report.wall_time_s,
+                "row": graded.row,
+                "run": graded.run.to_json(),
+            },
+        )
+        with self._csv_lock:
+            rows = [g["row"] for g in map(_read_grading, self.out.iterdir()) if g and "row" in g]
+            write_grades_csv(self.out / GRADES_CSV, self.assignment, rows)
+
+
+class _Abandoned(Exception):
+    """A submission whose grading was cut short by the batch stopping; it is not stored."""
+
+
+def _run_stage(stage: ExtraStage, context: StageContext, run: SuiteRun) -> None:
+    try:
+        run.tests.extend(stage(context))
+    except Exception as exc:  # the stage's points are lost, not the submission's
+        name = getattr(stage, "__name__", type(stage).__name__)
+        run.flags.append(f"grader stage {name} failed: {exc!r}")
+
+
+def _files_digest(files: StudentFiles) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files.files):
+        digest.update(f"\0{path}\0".encode())
+        digest.update(files.files[path])
+    digest.update(json.dumps(sorted(files.missing)).encode())
+    return digest.hexdigest()
+
+
+def _read_grading(dest: Path) -> dict[str, Any] | None:
+    path = dest / GRADING
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # unreadable: grade again
+    return data if isinstance(data, dict) else None
+
+
+def _course_digest(assignment: Assignment, parts: list[str] | None) -> str:
+    """Hash of what the course contributes to a grade: suites, given files, points, parts."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([part_points(assignment), sorted(parts or [])]).encode())
+    # All of the release's flows/: the given files, and the stubs that stand in for missing files.
+    given = sorted((assignment.release_dir / PACKAGE).glob("*.py"))
+    suites = sorted(
+        p
+        for p in assignment.hidden_tests_dir.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    for path in [*given, *suites]:
+        digest.update(f"\0{path.relative_to(assignment.root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

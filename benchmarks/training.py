@@ -1,0 +1,376 @@
+"""Training benchmark: the reference MAF and RealNVP against zuko's MAF and normflows' RealNVP.
+
+Every model is a density ``log p_X(x) = log p_Z(f^{-1}(x)) + log|det J_{f^{-1}}(x)|`` under a
+fixed ``N(0, I)`` base, trained by one shared loop (Adam, same lr, batch, steps, minibatches
+drawn by a seeded generator) on ``two_moons(noise=0.05)``. The reference models are built by the
+hidden suite's own builders (``tests/hidden/normalizing_flows/test_train.py``: its depth
+``LAYERS``), at the reference layers' default width; the peers are built to the same size:
+
+- zuko ``MAF(2, transforms=LAYERS, hidden_features=[width] * num_hidden)`` (its orders alternate
+  ascending/descending, as ``Reverse`` between the reference's MAF layers does);
+- normflows ``AffineCouplingBlock(MLP([1, width, ..., 2], init_zeros=True))`` + ``Permute(swap)``
+  per layer (the swap plays the reference's alternating masks).
+
+Speed is steps per second in timed windows after a warm-up window (median); quality is the
+held-out NLL at checkpoints, beside the floor from :mod:`moons_density`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from moons_density import entropy, perfect_nll
+from report import Row, median, verdict
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTION = REPO / "solutions" / "normalizing_flows"
+HIDDEN_TRAIN = REPO / "tests" / "hidden" / "normalizing_flows" / "test_train.py"
+NOISE = 0.05
+TEST_SEED = 1000  # the hidden suite's held-out seed; training sets use the run's seeds
+FLOOR_MARGIN = 0.1  # nats: the issue's target for the hidden suite's step budget
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one training benchmark run (the defaults are the full run)."""
+
+    steps: int = 5000
+    checkpoints: tuple[int, ...] = (2000, 5000)  # held-out NLL after these steps
+    window: int = 100  # steps per timed window; checkpoints are multiples of it
+    batch_size: int = 256
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0, 1, 2)  # NLLs and rates are medians over these
+    n_train: int = 20_000
+    n_test: int = 20_000
+    thread_windows: int = 6  # timed windows of the multi-thread rate (after one warm-up)
+
+    def quick(self) -> Settings:
+        """A smoke run: minutes become seconds, figures become rough."""
+        return replace(
+            self,
+            steps=400,
+            checkpoints=(200, 400),
+            window=50,
+            seeds=(0,),
+            n_test=4000,
+            thread_windows=3,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The contenders: each a module with ``log_prob(x) -> (batch,)``.
+
+
+def solution_modules() -> dict[str, ModuleType]:
+    """The reference ``flows`` modules, imported with the solution folder on ``sys.path``."""
+    if str(SOLUTION) not in sys.path:
+        sys.path.insert(0, str(SOLUTION))
+    names = ("base", "change_of_variables", "composition", "coupling", "maf", "train")
+    return {name: importlib.import_module(f"flows.{name}") for name in names}
+
+
+def hidden_train_suite() -> ModuleType:
+    """``test_train.py`` of the hidden suite, for its builders, budget and ``held_out_nll``."""
+    solution_modules()  # it imports flows.*
+    spec = importlib.util.spec_from_file_location("hidden_test_train", HIDDEN_TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class ReferenceDensity(torch.nn.Module):
+    """A reference flow under ``N(0, I)``, its density by ``flows.change_of_variables``."""
+
+    def __init__(self, flow: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        flows = solution_modules()
+        self.flow = flow.to(device)
+        self.base = flows["base"].standard_normal(2, device=device)
+        self._log_prob = flows["change_of_variables"].log_prob
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self._log_prob(self.flow, self.base, x)
+
+
+class ZukoDensity(torch.nn.Module):
+    """zuko's lazy flow: ``flow()`` builds the distribution, as zuko's own training loop does."""
+
+    def __init__(self, flow: torch.nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.flow().log_prob(x)
+
+
+@dataclass(frozen=True)
+class Size:
+    layers: int
+    width: int
+    num_hidden: int
+
+
+def reference_size(hidden: ModuleType) -> Size:
+    """The hidden suite's depth, at the width the reference layers use by default."""
+    flows = solution_modules()
+    defaults = {
+        name: inspect.signature(cls).parameters[name].default
+        for cls in (flows["coupling"].AffineCoupling, flows["maf"].MAF)
+        for name in ("hidden_features", "num_hidden")
+    }
+    return Size(hidden.LAYERS, defaults["hidden_features"], defaults["num_hidden"])
+
+
+def reference_flow(model: str, hidden: ModuleType) -> torch.nn.Module:
+    """A fresh reference ``model`` ("RealNVP" or "MAF"), built by the hidden suite's builder."""
+    build, _ = hidden.MODELS[model]
+    flows = solution_modules()
+    return build(*(flows[part] for part in hidden.MODULES[model]))
+
+
+def reference(model: str, hidden: ModuleType) -> Callable[[Size, torch.device], torch.nn.Module]:
+    """A maker of the reference ``model`` as a density (its size is the hidden suite's)."""
+    return lambda size, device: ReferenceDensity(reference_flow(model, hidden), device)
+
+
+def zuko_maf(size: Size, device: torch.device) -> torch.nn.Module:
+    import zuko
+
+    hidden = [size.width] * size.num_hidden
+    return ZukoDensity(zuko.flows.MAF(2, transforms=size.layers, hidden_features=hidden)).to(device)
+
+
+def normflows_realnvp(size: Size, device: torch.device) -> torch.nn.Module:
+    import normflows as nf
+
+    layers: list[torch.nn.Module] = []
+    for _ in range(size.layers):
+        net = nf.nets.MLP([1] + [size.width] * size.num_hidden + [2], init_zeros=True)
+        layers += [nf.flows.AffineCouplingBlock(net), nf.flows.Permute(2, mode="swap")]
+    base = nf.distributions.DiagGaussian(2, trainable=False)
+    return nf.NormalizingFlow(base, layers).to(device)
+
+
+@dataclass(frozen=True)
+class Pair:
+    model: str  # "MAF" or "RealNVP"
+    peer_name: str
+    peer: Callable[[Size, torch.device], torch.nn.Module]
+
+
+PAIRS = (Pair("MAF", "zuko", zuko_maf), Pair("RealNVP", "normflows", normflows_realnvp))
+
+
+# ---------------------------------------------------------------------------------------------
+# One training loop for every model.
+
+
+@dataclass
+class Fit:
+    rates: list[float] = field(default_factory=list)  # steps/s of each timed window
+    nll: dict[int, float] = field(default_factory=dict)  # held-out NLL after n steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def held_out_nll(model: torch.nn.Module, x: Tensor) -> float:
+    with torch.no_grad():
+        return float(-model.log_prob(x).mean())
+
+
+def fit(
+    model: torch.nn.Module,
+    data: Tensor,
+    test: Tensor | None,
+    settings: Settings,
+    steps: int,
+    seed: int,
+) -> Fit:
+    """Adam on minibatch NLLs; the first window is a warm-up, the others are timed."""
+    device = data.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    result = Fit()
+    done = 0
+    while done < steps:
+        n = min(settings.window, steps - done)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(n):
+            index = torch.randint(
+                len(data), (settings.batch_size,), device=device, generator=generator
+            )
+            loss = -model.log_prob(data[index]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        if done > 0:
+            result.rates.append(n / (time.perf_counter() - start))
+        done += n
+        if test is not None and done in settings.checkpoints:
+            result.nll[done] = held_out_nll(model, test)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark.
+
+
+def compare(settings: Settings, device: torch.device, threads: int) -> list[Row]:
+    """Rates and NLLs of each reference model and its peer, alternating so load hits both."""
+    hidden = hidden_train_suite()
+    size = reference_size(hidden)
+    test = hidden.two_moons(settings.n_test, noise=NOISE, seed=TEST_SEED).to(device)
+    fits: dict[tuple[str, str], list[Fit]] = {}
+    for seed in settings.seeds:
+        data = hidden.two_moons(settings.n_train, noise=NOISE, seed=seed).to(device)
+        for pair in PAIRS:
+            for side, make in (("ours", reference(pair.model, hidden)), ("peer", pair.peer)):
+                torch.manual_seed(seed)
+                model = make(size, device)
+                fits.setdefault((pair.model, side), []).append(
+                    fit(model, data, test, settings, settings.steps, seed)
+                )
+    # The rate with torch's default thread count: a short run per model, no checkpoints.
+    threaded: dict[tuple[str, str], float] = {}
+    if device.type == "cpu" and threads > 1:
+        torch.set_num_threads(threads)
+        steps = settings.window * (settings.thread_windows + 1)
+        data = hidden.two_moons(settings.n_train, noise=NOISE, seed=0)
+        for pair in PAIRS:
+            for side, make in (("ours", reference(pair.model, hidden)), ("peer", pair.peer)):
+                torch.manual_seed(0)
+                rates = fit(make(size, device), data, None, settings, steps, 0).rates
+                threaded[(pair.model, side)] = median(rates)
+        torch.set_num_threads(1)
+
+    floor = perfect_nll(test.cpu(), NOISE)
+    where = "1 thread" if device.type == "cpu" else device.type
+    described = (
+        f"{size.layers} layers, width {size.width}x{size.num_hidden}, batch {settings.batch_size}"
+    )
+    rows = []
+    for pair in PAIRS:
+        ours, peer = fits[(pair.model, "ours")], fits[(pair.model, "peer")]
+        rate = [median(r for f in fs for r in f.rates) for fs in (ours, peer)]
+        rows.append(
+            Row(
+                "training",
+                f"{pair.model} steps/s ({where}; {described})",
+                rate[0],
+                rate[1],
+                pair.peer_name,
+                "steps/s",
+                ">= peer",
+                verdict(rate[0] >= rate[1], f"{1 - rate[0] / rate[1]:.0%}"),
+            )
+        )
+        if threaded:
+            t = threaded[(pair.model, "ours")], threaded[(pair.model, "peer")]
+            rows.append(
+                Row(
+                    "training",
+                    f"{pair.model} steps/s ({threads} threads)",
+                    t[0],
+                    t[1],
+                    pair.peer_name,
+                    "steps/s",
+                    ">= peer",
+                    verdict(t[0] >= t[1], f"{1 - t[0] / t[1]:.0%}"),
+                )
+            )
+        for step in settings.checkpoints:
+            nll = [median(f.nll[step] for f in fs) for fs in (ours, peer)]
+            rows.append(
+                Row(
+                    "training",
+                    f"{pair.model} held-out NLL after {step} steps "
+                    f"(lr {settings.lr}, median of {len(settings.seeds)} seed(s))",
+                    nll[0],
+                    nll[1],
+                    pair.peer_name,
+                    "nats",
+                )
+            )
+    return rows + floor_rows(test.cpu(), floor)
+
+
+def floor_rows(test: Tensor, floor: float) -> list[Row]:
+    """The floor two ways: quadrature entropy, and a perfect model's NLL on this test set."""
+    h, mass = entropy(NOISE)
+    if abs(mass - 1) > 1e-6:
+        raise RuntimeError(f"the two-moons density integrates to {mass}, not 1: grid too coarse")
+    return [
+        Row(
+            "training",
+            f"floor: perfect model's NLL on the {len(test)} test points",
+            floor,
+            h,
+            "entropy by quadrature",
+            "nats",
+        )
+    ]
+
+
+def hidden_budget(device: torch.device) -> list[Row]:
+    """The reference trained exactly as the hidden convergence test trains it, vs the floor."""
+    hidden = hidden_train_suite()
+    train = solution_modules()["train"].train
+    test = hidden.two_moons(hidden.N_TEST, seed=TEST_SEED)
+    floor = perfect_nll(test, NOISE)
+    rows = []
+    for model in hidden.MODELS:
+        nlls, seconds = [], []
+        for seed in hidden.SEEDS:
+            torch.manual_seed(seed)
+            flow = reference_flow(model, hidden)
+            data = hidden.two_moons(hidden.N_TRAIN, noise=NOISE, seed=seed)
+            start = time.perf_counter()
+            train(
+                flow,
+                data,
+                steps=hidden.STEPS,
+                batch_size=hidden.BATCH,
+                lr=hidden.LR,
+                device=device,
+                seed=seed,
+            )
+            seconds.append(time.perf_counter() - start)
+            nlls.append(hidden.held_out_nll(flow, test.to(device)))
+        nll = median(nlls)
+        excess = nll - floor - FLOOR_MARGIN
+        rows.append(
+            Row(
+                "hidden budget",
+                f"{model} NLL, hidden test's budget ({hidden.STEPS} steps, batch "
+                f"{hidden.BATCH}, lr {hidden.LR}; seeds {list(hidden.SEEDS)}: "
+                f"{', '.join(f'{v:.3f}' for v in nlls)}; {median(seconds):.1f} s/run)",
+                nll,
+                floor,
+                "floor",
+                "nats",
+                f"<= floor + {FLOOR_MARGIN}",
+                verdict(excess <= 0, f"{excess:.3f} nats"),
+            )
+        )
+    return rows
+
+
+def run(quick: bool, device: torch.device, threads: int) -> list[Row]:
+    """Every training figure; 1 thread except the rows that say otherwise."""
+    torch.set_num_threads(1)
+    settings = Settings().quick() if quick else Settings()
+    return compare(settings, device, threads) + hidden_budget(device)

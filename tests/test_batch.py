@@ -1,0 +1,170 @@
+"""Batch grading for real: the hidden suites run on the reference, the stubs and a broken zip.
+
+One batch is graded once per session (``graded`` fixture, ~30-40 s with 2 jobs) and shared by
+every test here; the resume tests re-run it on the same output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import jsonschema
+import matplotlib.image
+import pytest
+
+from autograder.config import Assignment, Course, load_course
+from autograder.errors import AutograderError
+from autograder.examples import REFERENCE, STUBS, materialize
+from autograder.grading.batch import GRADING, GradedSubmission, grade_batch
+from tests.conftest import ASSIGNMENT, REPO
+
+pytestmark = pytest.mark.slow
+
+SCHEMA = json.loads((REPO / "tests" / "gradescope_results.schema.json").read_text())
+BROKEN = "broken"
+
+
+@pytest.fixture(scope="module")
+def course() -> Course:
+    return load_course(REPO)
+
+
+@pytest.fixture(scope="module")
+def assignment(course: Course) -> Assignment:
+    return course.assignment(ASSIGNMENT)
+
+
+@pytest.fixture(scope="module")
+def submissions(assignment: Assignment, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("submissions")
+    broken = root / f"{BROKEN}.zip"
+    broken.write_bytes(b"PK\x03\x04 this is not really a zip")
+    return [
+        materialize(assignment, REFERENCE, root / REFERENCE),
+        materialize(assignment, STUBS, root / STUBS),
+        broken,
+    ]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("graded")
+
+
+@pytest.fixture(scope="module")
+def graded(
+    course: Course, assignment: Assignment, submissions: list[Path], out: Path
+) -> dict[str, GradedSubmission]:
+    batch = grade_batch(course, assignment, submissions, out, jobs=2, progress=False)
+    return {g.name: g for g in batch}
+
+
+def results(out: Path, name: str) -> dict:
+    return json.loads((out / name / "results.json").read_text())
+
+
+def test_reference_gets_full_marks(assignment: Assignment, graded, out: Path) -> None:
+    reference = graded[REFERENCE].score
+    for part in assignment.parts:
+        assert reference.parts[part].earned == reference.parts[part].max_points, part
+    assert results(out, REFERENCE)["score"] == pytest.approx(sum(assignment.parts.values()))
+    assert results(out, REFERENCE)["extra_data"]["flags"] == []
+
+
+def test_stubs_get_zero_without_crashing(assignment: Assignment, graded, out: Path) -> None:
+    stubs = results(out, STUBS)
+    assert stubs["score"] == 0
+    assert {t["tags"][0] for t in stubs["tests"]} == set(assignment.parts)
+    assert "still the stub" in (out / STUBS / "feedback.md").read_text()
+
+
+@pytest.mark.parametrize("name", [REFERENCE, STUBS, BROKEN])
+def test_every_results_json_is_valid_gradescope(graded, out: Path, name: str) -> None:
+    jsonschema.validate(results(out, name), SCHEMA)
+    assert (out / name / "feedback.md").is_file() and (out / name / "feedback.html").is_file()
+
+
+def test_broken_zip_gets_complete_results(assignment: Assignment, graded, out: Path) -> None:
+    broken = results(out, BROKEN)
+    assert broken["score"] == 0
+    assert "not a valid zip file" in broken["output"]
+    assert any("unreadable submission" in flag for flag in broken["extra_data"]["flags"])
+    assert sum(t["max_score"] for t in broken["tests"]) == pytest.approx(
+        sum(assignment.parts.values())
+    )
+
+
+def test_grades_csv_has_one_row_per_submission(assignment: Assignment, graded, out: Path) -> None:
+    rows = {row["name"]: row for row in csv.DictReader((out / "grades.csv").open())}
+    assert set(rows) == {REFERENCE, STUBS, BROKEN}
+    assert float(rows[REFERENCE]["total"]) == sum(assignment.parts.values())
+    assert float(rows[STUBS]["total"]) == 0
+    assert "not a valid zip file" in rows[BROKEN]["flags"]
+    assert rows[REFERENCE]["key"] and float(rows[REFERENCE]["wall_time_s"]) > 0
+
+
+def test_feedback_never_shows_hidden_test_code(assignment: Assignment, graded, out: Path) -> None:
+    code = {
+        line.strip()
+        for path in assignment.hidden_tests_dir.rglob("*.py")
+        for line in path.read_text().splitlines()
+        if line.strip().startswith(("assert ", "def ", "import ", "from ", "return "))
+    }
+    for name in (REFERENCE, STUBS):
+        shown = (out / name / "feedback.md").read_text() + (out / name / "results.json").read_text()
+        leaked = [line for line in code if len(line) > 12 and line in shown]
+        assert not leaked, f"{name}: {leaked[:3]}"
+
+
+def test_reference_feedback_has_density_pictures(graded, out: Path) -> None:
+    pictures = graded[REFERENCE].report.pictures
+    assert pictures is not None and pictures.images, pictures
+    for path in pictures.images.values():
+        pixels = matplotlib.image.imread(path)
+        assert path.stat().st_size > 10_000 and pixels[..., :3].std() > 0.05
+        assert (
+            f"({path.relative_to(out / REFERENCE).as_posix()})"
+            in (out / REFERENCE / "feedback.md").read_text()
+        )
+
+
+def test_stubs_feedback_notes_missing_pictures(graded, out: Path) -> None:
+    assert "no picture of your" in (out / STUBS / "feedback.md").read_text()
+
+
+def test_rerun_resumes_without_grading_again(
+    course: Course, assignment: Assignment, submissions: list[Path], out: Path, graded
+) -> None:
+    started = time.monotonic()
+    again = grade_batch(course, assignment, submissions, out, jobs=2, progress=False)
+    elapsed = time.monotonic() - started
+    by_name = {g.name: g for g in again}
+    assert by_name[REFERENCE].resumed and by_name[STUBS].resumed
+    assert not by_name[BROKEN].resumed  # never stored with a key: always tried again
+    assert by_name[REFERENCE].score.total == graded[REFERENCE].score.total
+    assert elapsed < 10, f"resuming took {elapsed:.1f} s"
+
+
+def test_interrupted_submission_is_graded_again(
+    course: Course, assignment: Assignment, submissions: list[Path], out: Path, graded
+) -> None:
+    # A batch killed while grading the stubs left no grading.json for them.
+    (out / STUBS / GRADING).unlink()
+    again = {
+        g.name: g
+        for g in grade_batch(course, assignment, submissions[:2], out, jobs=2, progress=False)
+    }
+    assert again[REFERENCE].resumed and not again[STUBS].resumed
+    assert again[STUBS].score.total == 0 and (out / STUBS / GRADING).is_file()
+
+
+def test_duplicate_names_are_refused(
+    course: Course, assignment: Assignment, submissions: list[Path], tmp_path: Path
+) -> None:
+    twin = tmp_path / "other" / REFERENCE
+    twin.mkdir(parents=True)
+    with pytest.raises(AutograderError, match="two submissions are named 'reference'"):
+        grade_batch(course, assignment, [submissions[0], twin], tmp_path / "out", progress=False)

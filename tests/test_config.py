@@ -1,0 +1,103 @@
+"""``course.yml``: the real file loads; every kind of mistake is one line naming file and key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ASSIGNMENT, REPO, CliRunner
+
+from autograder.config import load_course
+from autograder.errors import AutograderError
+
+KEY = f"assignments.{ASSIGNMENT}"
+
+# (how course.yml is broken: pattern -> replacement on the real text, the key the error names)
+BROKEN = {
+    "invalid yaml": (r"^(\s+)parts:\s*$", r"\1parts: [", "invalid YAML"),
+    "missing key": (r"^\s+due: .*\n", "", f"{KEY}.due: missing"),
+    "wrong type": (r"^(\s+)coupling: .*$", r"\1coupling: lots", f"{KEY}.parts.coupling: expected"),
+    "unknown key": (r"^(\s+)(title: .*)$", r"\1\2\n\1colour: blue", "course.colour: unknown key"),
+    "negative points": (
+        r"^(\s+)maf: .*$",
+        r"\1maf: -5",
+        f"{KEY}.parts.maf: expected a number >= 0",
+    ),
+    "bad date": (r"^(\s+)due: .*$", r"\1due: next friday", f"{KEY}.due: expected an ISO date"),
+    "timeout order": (
+        r"^(\s+)test_timeout_s: .*$",
+        r"\1test_timeout_s: 100000",
+        f"{KEY}.limits.test_timeout_s",
+    ),
+    "visibility": (
+        r"^(\s+)hidden_tests_visibility: .*$",
+        r"\1hidden_tests_visibility: sometimes",
+        f"{KEY}.hidden_tests_visibility",
+    ),
+}
+
+
+@pytest.fixture(params=BROKEN.values(), ids=BROKEN.keys())
+def broken_course(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    """A folder whose ``course.yml`` is the real one with one mistake, and what the error names."""
+    pattern, replacement, named = request.param
+    text = (REPO / "course.yml").read_text(encoding="utf-8")
+    broken, count = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
+    assert count == 1, f"course.yml no longer has a line matching {pattern!r}"
+    (tmp_path / "course.yml").write_text(broken, encoding="utf-8")
+    return tmp_path, named
+
+
+def test_the_repository_course_file_loads() -> None:
+    course = load_course(REPO)
+    assignment = course.assignment(ASSIGNMENT)
+    assert set(assignment.parts) == {
+        "change_of_variables",
+        "composition",
+        "coupling",
+        "maf",
+        "train",
+    }
+    assert all(points > 0 for points in assignment.parts.values())
+    assert assignment.due.tzinfo is not None and assignment.due > dt.datetime(
+        2020, 1, 1, tzinfo=dt.timezone.utc
+    )
+    assert assignment.limits.test_timeout_s <= assignment.limits.submission_timeout_s
+    assert assignment.notebook is not None and assignment.notebook.file.endswith(".ipynb")
+    assert assignment.total_points == sum(assignment.parts.values()) + assignment.notebook.points
+
+
+def test_a_mistake_is_one_line_naming_file_and_key(broken_course: tuple[Path, str]) -> None:
+    root, named = broken_course
+    with pytest.raises(AutograderError) as caught:
+        load_course(root)
+    message = str(caught.value)
+    assert message.startswith("course.yml:"), message
+    assert named in message and "\n" not in message
+
+
+def test_the_command_line_prints_the_mistake_as_one_line(
+    broken_course: tuple[Path, str], autograder_cli: CliRunner
+) -> None:
+    root, named = broken_course
+    result = autograder_cli("build", ASSIGNMENT, "--check", cwd=root)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("autograder: error: course.yml:")
+    assert named in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_unknown_assignment_lists_the_known_ones(autograder_cli: CliRunner) -> None:
+    result = autograder_cli("build", "no_such_assignment", "--check")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"autograder: error: course.yml: no assignment 'no_such_assignment' (known: {ASSIGNMENT})\n"
+    )
+
+
+def test_a_missing_course_file_is_one_line(tmp_path: Path, autograder_cli: CliRunner) -> None:
+    result = autograder_cli("build", ASSIGNMENT, "--check", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "course.yml: not found" in result.stderr and result.stderr.count("\n") == 1
