@@ -29,6 +29,7 @@ def run_demo(course: Course, jobs: int = 2, out: Path | None = None) -> int:
     """Grade the examples of the course's first assignment; 0 when the verdicts are right."""
     assignment = next(iter(course.assignments.values()))
     out = course.root / DEMO_OUT if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
     # The demo keeps its own gradebook, away from the course's real one.
     extensions = default_extensions(course, assignment, f"sqlite:///{out / 'gradebook.db'}")
     with tempfile.TemporaryDirectory(prefix="autograder-demo-") as scratch:
@@ -53,5 +54,5 @@ def verdict_problems(assignment: Assignment, graded: dict[str, GradedSubmission]
     if short:
         problems.append(f"the reference lost points in {', '.join(short)}")
     if graded[STUBS].score.total > 0:
-        problems.append(f"the stubs earned {graded[STUBS].score.total:g} points (expected 0)")
+        problems.append(f"the stubs earned {graded[STUBS].score.total:.2f} points (expected 0)")
     return problems

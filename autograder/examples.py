@@ -88,9 +88,9 @@ def load_specs(assignment: Assignment, kind: Kind) -> list[ExampleSpec]:
         raise AutograderError(f"{path}: expected a list of examples, got {type(raw).__name__}")
     specs = [_parse(entry, index, path, assignment, kind) for index, entry in enumerate(raw)]
     names = [spec.name for spec in specs]
-    duplicate = next((name for name in names if names.count(name) > 1), None)
-    if duplicate is not None or {REFERENCE, STUBS} & set(names):
-        raise AutograderError(f"{path}: example name {duplicate or REFERENCE!r} is not unique")
+    clash = next((n for n in names if names.count(n) > 1 or n in (REFERENCE, STUBS)), None)
+    if clash is not None:
+        raise AutograderError(f"{path}: example name {clash!r} is not unique (or is built in)")
     return specs
 
 

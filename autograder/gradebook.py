@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,13 +148,17 @@ def record(
 
 def _ensure_submission(gradebook, assignment: Assignment, student: str) -> None:
     from nbgrader.api import MissingEntry
+    from sqlalchemy.exc import SAWarning
 
     try:
         gradebook.find_student(student)
     except MissingEntry:
         gradebook.add_student(student)  # not on the roster: created on first grade
-    # nbgrader mirrors the assignment's notebooks and cells into a new submission's grades.
-    gradebook.update_or_create_submission(assignment.name, student)
+    # nbgrader mirrors the assignment's notebooks and cells into a new submission's grades;
+    # its way of building them makes SQLAlchemy 2 warn about autoflush (harmless).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=SAWarning)
+        gradebook.update_or_create_submission(assignment.name, student)
 
 
 def _set_auto_score(grade, auto_score: float | None) -> None:

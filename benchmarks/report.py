@@ -39,9 +39,9 @@ class Row:
 
 
 def median(values: Iterable[float]) -> float:
-    """The median, or NaN for no values (a figure that could not be measured)."""
+    """The median; NaN when there are no values or one is NaN (a run that could not be measured)."""
     values = list(values)
-    return statistics.median(values) if values else math.nan
+    return statistics.median(values) if values and not any(map(math.isnan, values)) else math.nan
 
 
 def verdict(met: bool, miss: str) -> str:

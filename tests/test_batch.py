@@ -18,13 +18,22 @@ import pytest
 from autograder.config import Assignment, Course, load_course
 from autograder.errors import AutograderError
 from autograder.examples import REFERENCE, STUBS, materialize
-from autograder.grading.batch import GRADING, GradedSubmission, grade_batch
+from autograder.grading import models
+from autograder.grading.batch import (
+    GRADING,
+    Extensions,
+    GradedSubmission,
+    StageContext,
+    grade_batch,
+)
 from tests.conftest import ASSIGNMENT, REPO
 
 pytestmark = pytest.mark.slow
 
 SCHEMA = json.loads((REPO / "tests" / "gradescope_results.schema.json").read_text())
 BROKEN = "broken"
+# The batch's own pipeline; the notebook stage and the gradebook sink have their own tests.
+OPTIONS = {"jobs": 2, "progress": False, "extensions": Extensions()}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def graded(
     course: Course, assignment: Assignment, submissions: list[Path], out: Path
 ) -> dict[str, GradedSubmission]:
-    batch = grade_batch(course, assignment, submissions, out, jobs=2, progress=False)
+    batch = grade_batch(course, assignment, submissions, out, **OPTIONS)
     return {g.name: g for g in batch}
 
 
@@ -139,7 +148,7 @@ def test_rerun_resumes_without_grading_again(
     course: Course, assignment: Assignment, submissions: list[Path], out: Path, graded
 ) -> None:
     started = time.monotonic()
-    again = grade_batch(course, assignment, submissions, out, jobs=2, progress=False)
+    again = grade_batch(course, assignment, submissions, out, **OPTIONS)
     elapsed = time.monotonic() - started
     by_name = {g.name: g for g in again}
     assert by_name[REFERENCE].resumed and by_name[STUBS].resumed
@@ -153,10 +162,7 @@ def test_interrupted_submission_is_graded_again(
 ) -> None:
     # A batch killed while grading the stubs left no grading.json for them.
     (out / STUBS / GRADING).unlink()
-    again = {
-        g.name: g
-        for g in grade_batch(course, assignment, submissions[:2], out, jobs=2, progress=False)
-    }
+    again = {g.name: g for g in grade_batch(course, assignment, submissions[:2], out, **OPTIONS)}
     assert again[REFERENCE].resumed and not again[STUBS].resumed
     assert again[STUBS].score.total == 0 and (out / STUBS / GRADING).is_file()
 
@@ -167,4 +173,31 @@ def test_duplicate_names_are_refused(
     twin = tmp_path / "other" / REFERENCE
     twin.mkdir(parents=True)
     with pytest.raises(AutograderError, match="two submissions are named 'reference'"):
-        grade_batch(course, assignment, [submissions[0], twin], tmp_path / "out", progress=False)
+        grade_batch(course, assignment, [submissions[0], twin], tmp_path / "out", **OPTIONS)
+
+
+def test_extension_points_run_and_a_failing_stage_costs_only_its_points(
+    course: Course, assignment: Assignment, submissions: list[Path], tmp_path: Path
+) -> None:
+    assert assignment.notebook is not None
+    seen: list[StageContext] = []
+    sunk: list[GradedSubmission] = []
+
+    def notebook(ctx: StageContext) -> list[models.TestOutcome]:
+        seen.append(ctx)
+        assert (ctx.workspace / "flows" / "composition.py").is_file()  # still there
+        return [
+            models.TestOutcome("explore.ipynb::cell", "the notebook runs", "notebook", 1, "passed")
+        ]
+
+    def broken_stage(ctx: StageContext) -> list[models.TestOutcome]:
+        raise RuntimeError("kernel died")
+
+    extensions = Extensions(stages=[notebook, broken_stage], sinks=[sunk.append])
+    options = {**OPTIONS, "extensions": extensions, "parts": ["composition", "notebook"]}
+    (graded,) = grade_batch(course, assignment, submissions[:1], tmp_path, **options)
+    assert [ctx.name for ctx in seen] == [REFERENCE] and sunk == [graded]
+    assert graded.score.parts["notebook"].earned == assignment.notebook.points
+    assert graded.score.total == assignment.parts["composition"] + assignment.notebook.points
+    assert not graded.score.parts["coupling"].graded
+    assert any("broken_stage failed: RuntimeError('kernel died')" in f for f in graded.run.flags)

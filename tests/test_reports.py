@@ -163,6 +163,14 @@ def test_html_embeds_the_pictures(written: Path) -> None:
     assert 'src="plots/' not in html
 
 
+def test_truncated_points_are_dropped_not_fatal(tmp_path: Path) -> None:
+    # The grader bounds what a test may send: the tail of a long list can arrive as None.
+    artifacts = density_artifacts("MAF")
+    artifacts[0].data["samples"] = artifacts[0].data["samples"][:100] + [None, [1.0], None]
+    pictures = draw_pictures(artifacts, tmp_path)
+    assert pictures.images["MAF"].is_file() and "MAF" not in pictures.notes
+
+
 def test_broken_artifacts_become_notes(tmp_path: Path) -> None:
     broken = [Artifact("MAF_density", {"extent": [0, 1, 0, 1], "log_prob": [1.0, 2.0]})]
     pictures = draw_pictures(broken, tmp_path)
@@ -222,6 +230,7 @@ def test_atomic_write_leaves_old_file_on_failure(
             "MADE is autoregressive [random]",
         ),
         ("test_maf.py::test_order", "MADE is autoregressive", "MADE is autoregressive"),
+        ("test_train.py::test_fit[MAF]", "RealNVP and MAF fit", "RealNVP and MAF fit [MAF]"),
         (
             "test_maf.py::test_order[d=3]",
             "test_maf.py::test_order[d=3]",

@@ -28,6 +28,7 @@ the batch goes on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -159,7 +160,7 @@ def grade_batch(
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, GradedSubmission] = {}
     bar = tqdm(total=len(names), desc="grading", unit="sub", file=sys.stderr, disable=not progress)
-    with Supervisor(assignment, jobs=jobs) as supervisor, bar:
+    with _OnDemand(lambda: Supervisor(assignment, jobs=jobs)) as supervisor, bar:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
             futures = [
@@ -180,6 +181,29 @@ def grade_batch(
     ordered = [results[name] for name in names]
     print(format_table(assignment, [g.row for g in ordered], resumed=_resumed(ordered)))
     return ordered
+
+
+class _OnDemand:
+    """The :class:`Supervisor`, started on first use: its warm fork server costs seconds, which a
+    batch that only resumes never pays."""
+
+    def __init__(self, start: Callable[[], Supervisor]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self._stack = contextlib.ExitStack()
+        self._supervisor: Supervisor | None = None
+
+    def __enter__(self) -> _OnDemand:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def run(self, workspace: Path, *, parts: list[str] | None = None) -> SuiteRun:
+        with self._lock:
+            if self._supervisor is None:
+                self._supervisor = self._stack.enter_context(self._start())
+        return self._supervisor.run(workspace, parts=parts)
 
 
 def _unique_names(submissions: Iterable[Path]) -> dict[str, Path]:
@@ -216,7 +240,7 @@ class _BatchGrader:
         self._csv_lock = threading.Lock()
         self.stopping = threading.Event()  # set when the batch is abandoned midway
 
-    def grade(self, name: str, submission: Path, supervisor: Supervisor) -> GradedSubmission:
+    def grade(self, name: str, submission: Path, supervisor: _OnDemand) -> GradedSubmission:
         dest = self.out / name
         started = time.monotonic()
         try:
@@ -275,7 +299,7 @@ class _BatchGrader:
         dest: Path,
         key: str,
         files: StudentFiles,
-        supervisor: Supervisor,
+        supervisor: _OnDemand,
     ) -> GradedSubmission:
         with tempfile.TemporaryDirectory(prefix=f"autograder-{name}-") as scratch:
             workspace = prepare_workspace(self.assignment, files, Path(scratch))

@@ -124,12 +124,18 @@ def _draw_losses(ax: Any, data: dict[str, Any]) -> None:
     if not finite.all():
         ax.text(0.02, 0.95, f"{(~finite).sum()} non-finite losses", transform=ax.transAxes)
     ax.set_title("training loss (NLL, nats)")
-    ax.set_xlabel("step")
+    ax.set_xlabel("step (as recorded)")
 
 
 def _points(raw: Any) -> np.ndarray:
-    points = np.asarray(raw if raw is not None else [], dtype=float)
-    return points.reshape(-1, 2) if points.size else np.empty((0, 2))
+    """The well-formed finite ``[x, y]`` pairs of ``raw``; a truncated or broken one is dropped."""
+    pairs = [
+        p
+        for p in (raw if isinstance(raw, list) else [])
+        if isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)
+    ]
+    points = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    return points[np.isfinite(points).all(axis=1)]
 
 
 def _empty(ax: Any, text: str) -> None:

@@ -128,7 +128,7 @@ def _test_output(outcome: TestOutcome, error: str | None) -> str:
 def display_name(outcome: TestOutcome) -> str:
     """The test's name, with its parameters when it is one case of a parametrized test."""
     _, bracket, params = outcome.nodeid.partition("[")
-    if bracket and params.endswith("]") and params[:-1] not in outcome.name:
+    if bracket and params.endswith("]") and not outcome.name.endswith(f"[{params}"):
         return f"{outcome.name} [{params[:-1]}]"
     return outcome.name
 

@@ -20,6 +20,7 @@ before student code runs, so a patched ``json`` or ``os`` cannot see or alter th
 from __future__ import annotations
 
 import importlib
+import operator
 import os
 import secrets
 import sys
@@ -66,6 +67,11 @@ def part_of(nodeid: str) -> str:
 def child_main(job: Job, writer: Any) -> None:
     """Entry point of a grading child (forked from the warm fork server)."""
     os.setsid()  # own process group: the parent kills the whole group
+    # Inherited descriptors lead to the fork server and multiprocessing's resource tracker,
+    # which serve every submission: student code must not be able to write to them.
+    channel = writer.fileno()
+    os.closerange(3, channel)
+    os.closerange(channel + 1, 1 << 16)
     log = os.open(job.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -74,17 +80,20 @@ def child_main(job: Job, writer: Any) -> None:
     tmp = job.scratch / "tmp"
     tmp.mkdir(exist_ok=True)
     os.environ.update(HOME=str(job.scratch), TMPDIR=str(tmp), MPLCONFIGDIR=str(tmp))
+    # No third-party pytest plugins: faster start, and nothing the course did not choose.
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     import tempfile
 
     tempfile.tempdir = str(tmp)
     os.chdir(job.scratch)
     import torch
+    import torch._dynamo  # noqa: F401 - it rebinds torch attributes on import; see PRELOAD
 
     torch.set_num_threads(job.threads)
     sandbox.apply_limits(job.limits, gpu=bool(job.cuda_devices))
     sandbox.isolate_network()
     sys.dont_write_bytecode = True
-    plugin = RunnerPlugin(job, writer.fileno())
+    plugin = RunnerPlugin(job, channel)
     args = [
         str(job.tests_dir),
         "--submission",
@@ -120,6 +129,9 @@ class RunnerPlugin:
     """Registered as ``autograder_runner``: selects tests, takes verdicts, receives artifacts."""
 
     def __init__(self, job: Job, fd: int) -> None:
+        # pluggy names a plugin passed to pytest.main by its ``__name__``: without this the
+        # hidden conftest's get_plugin("autograder_runner") finds nothing and no artifact arrives.
+        self.__name__ = PLUGIN_NAME
         self.job = job
         self.fd = fd
 
@@ -148,9 +160,8 @@ class RunnerPlugin:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
-        start = time.perf_counter()
         outcome = yield
-        _deliver("call", outcome.exception, time.perf_counter() - start)
+        _deliver("call", outcome.exception)
 
     def record_artifact(self, name: str, data: dict[str, Any]) -> None:
         """Keep ``data`` for the feedback pictures (called by the hidden conftest)."""
@@ -173,12 +184,12 @@ def _loop_locals() -> dict[str, Any]:
     raise RuntimeError("not inside the grader's test loop")
 
 
-def _deliver(phase: str, exc: BaseException | None, duration: float = 0.0) -> None:
+def _deliver(phase: str, exc: BaseException | None) -> None:
     box = _loop_locals()["box"]
     status, message = _verdict(phase, exc, box["student"])
     if phase == "setup" and status == "passed":
         return
-    box["verdict"] = (status, message, duration)
+    box["verdict"] = (status, message)
     if isinstance(exc, MemoryError) or "can't allocate memory" in message:
         box["flags"].append(f"memory limit reached ({box['memory_mb']} MB)")
     if isinstance(exc, SystemExit):
@@ -287,8 +298,15 @@ class Snapshot:
 
     def __init__(self, objects: list[tuple[str, object]]) -> None:
         self.saved = [(name, obj, dict(vars(obj))) for name, obj in objects]
+        self.flat = [(vars(obj), list(d), list(d.values()), len(d)) for _, obj, d in self.saved]
 
     def changes(self) -> list[str]:
+        # Fast path in C (identity, never ``==``, which a patched object could fake).
+        if not any(
+            len(now) != size or any(map(operator.is_not, values, map(now.get, keys)))
+            for now, keys, values, size in self.flat
+        ):
+            return []
         changed = []
         for name, obj, before in self.saved:
             now = vars(obj)
@@ -299,6 +317,24 @@ class Snapshot:
                 changed.extend(f"{name}.{key}" for key in now if key not in before)
         return changed
 
+    def restore(self) -> None:
+        """Put every saved attribute back (and drop ones added to classes)."""
+        for _, obj, before in self.saved:
+            now = vars(obj)
+            for key, value in before.items():
+                if now.get(key, _MISSING) is not value:
+                    _set(obj, key, value)
+            if isinstance(obj, type):
+                for key in [k for k in now if k not in before]:
+                    type.__delattr__(obj, key)
+
+
+def _set(obj: object, key: str, value: object) -> None:
+    if isinstance(obj, type):
+        type.__setattr__(obj, key, value)
+    else:
+        vars(obj)[key] = value
+
 
 _MISSING = object()
 
@@ -306,7 +342,7 @@ _MISSING = object()
 def _run_loop(session: pytest.Session, job: Job, fd: int) -> None:
     """Handshake, lockdown, pre-imports, then every test; see the module docstring."""
     token = secrets.token_hex(16).encode()
-    write, literal = os.write, repr  # bound before any student code runs
+    write, literal, clock = os.write, repr, time.perf_counter  # bound before student code runs
 
     def send(*message: object) -> None:
         line = token + b" " + literal(message).encode("utf-8", "replace") + b"\n"
@@ -319,8 +355,7 @@ def _run_loop(session: pytest.Session, job: Job, fd: int) -> None:
     items = list(session.items)
     send("hello", [_test_info(item) for item in items])
     # Lockdown: from here on, student code may run.
-    guarded = _guarded_objects(job.tests_dir)
-    snapshot = Snapshot(guarded)
+    snapshot = Snapshot(_guarded_objects(job.tests_dir))
     tests_root = str(job.tests_dir.resolve())
     for name in [
         n
@@ -341,6 +376,7 @@ def _run_loop(session: pytest.Session, job: Job, fd: int) -> None:
         part = part_of(item.nodeid)
         if part not in parts and part not in job.skip_imports:
             parts.append(part)
+    tainted: dict[str, str] = {}  # part -> what its module changed at import
     for part in parts:
         send("import", part)
         try:
@@ -350,17 +386,23 @@ def _run_loop(session: pytest.Session, job: Job, fd: int) -> None:
             if isinstance(exc, SystemExit):
                 send("flag", f"exited the interpreter: sys.exit at import of {part}.py")
             send("imported", part, _message(exc))
+        changed = snapshot.changes()
+        if changed:
+            tainted[part] = ", ".join(changed[:5])
+            send("flag", f"tampering: importing {part}.py changed {tainted[part]}")
+            snapshot.restore()
     for index, item in enumerate(items):
         nextitem = items[index + 1] if index + 1 < len(items) else None
         box["verdict"], box["flags"], box["artifacts"] = None, [], []
         send("start", item.nodeid)
+        start = clock()
         try:
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt, pytest.exit, ...
             if box["verdict"] is None:
-                box["verdict"] = ("failed", f"the test was interrupted: {_message(exc)}", 0.0)
-        verdict = box["verdict"] or ("failed", "the test gave no verdict", 0.0)
-        status, message, duration = verdict
+                box["verdict"] = ("failed", f"the test was interrupted: {_message(exc)}")
+        duration = clock() - start  # setup + call + teardown: the test's own cost
+        status, message = box["verdict"] or ("failed", "the test gave no verdict")
         for flag in box["flags"]:
             send("flag", f"{flag} in {item.nodeid}")
         changed = snapshot.changes()
@@ -368,7 +410,10 @@ def _run_loop(session: pytest.Session, job: Job, fd: int) -> None:
             shown = ", ".join(changed[:5])
             send("flag", f"tampering: {shown} changed during {item.nodeid}")
             status, message = "failed", f"the submission changed the grader's libraries ({shown})"
-            snapshot = Snapshot(guarded)  # flag each change once
+            snapshot.restore()  # the next tests run on the real libraries again
+        elif part_of(item.nodeid) in tainted:
+            shown = tainted[part_of(item.nodeid)]
+            status, message = "failed", f"the submission changed the grader's libraries ({shown})"
         for name, data in box["artifacts"]:
             send("artifact", name, data)
         send("result", item.nodeid, status, message, float(duration))

@@ -63,14 +63,10 @@ INTROSPECTION = (
     "_thread.start_new_thread",
 )
 # Attributes that hand out frames or code objects (``object.__getattr__`` events).
-FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
-# Modules that read code objects for a caller (disassembly, source lookup); libraries such as
-# torch read ``__code__`` internally all the time, which is harmless.
-CODE_READERS = frozenset({"dis", "inspect", "marshal", "pickle", "copyreg"})
-# Standard-library helpers that look at the caller's frame for benign reasons.
-FRAME_HELPERS = frozenset(
-    {"warnings", "typing", "enum", "functools", "dataclasses", "abc", "contextlib", "copy"}
-)
+FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "__code__"})
+# Modules that fetch frames or code objects on behalf of their caller (``inspect.stack()``,
+# ``logging.currentframe()``, ``dis.dis(f)``). A request through them is judged by who asked.
+PASS_THROUGH = frozenset({"inspect", "traceback", "logging", "dis", "bdb", "pdb", "marshal"})
 PATH_EVENTS = {  # event -> positions of path arguments that it writes to
     "os.remove": (0,),
     "os.rmdir": (0,),
@@ -241,9 +237,9 @@ class _Guard:
             return None
         if event in LISTING_EVENTS:
             path = _path_arg(args[0] if args else ".")
-            if path is not None and _under(path, self.policy.protected):
-                if not _under(path, (self.policy.student,)) and self.culprit(self.stack()):
-                    return f"{event}({path!r})"
+            hidden = path is not None and _under(path, self.policy.protected)
+            if hidden and not _under(path, (self.policy.student,)) and self.culprit(self.stack()):
+                return f"{event}({path!r})"
             return None
         if event.startswith("ctypes."):
             return event if self.culprit(self.stack()) else None
@@ -251,14 +247,12 @@ class _Guard:
             return event if self.introspection_refused() else None
         if event == "object.__getattr__" and args[1] in FRAME_ATTRIBUTES:
             return f"reading .{args[1]}" if self.introspection_refused() else None
-        if event == "object.__getattr__" and args[1] == "__code__":
-            return "reading .__code__" if self.code_reading_refused() else None
         if event == "object.__setattr__":
             return self.setattr(*args[:2])
-        if event == "compile" and len(args) > 1 and isinstance(args[1], str):
-            # Code compiled under a library's file name would pass for the library's code.
-            if not args[1].startswith("<") and self.direct_caller_untrusted():
-                return f"compile(..., {args[1]!r})"
+        # Code compiled under a library's file name would pass for the library's code.
+        named = event == "compile" and len(args) > 1 and isinstance(args[1], str)
+        if named and not args[1].startswith("<") and self.direct_caller_untrusted():
+            return f"compile(..., {args[1]!r})"
         return None
 
     def open(self, path: object, mode: object, flags: object) -> str | None:
@@ -291,20 +285,26 @@ class _Guard:
         stack = self.stack()
         return bool(stack) and self.untrusted(stack[0])
 
-    def code_reading_refused(self) -> bool:
-        stack = self.stack()
-        if not stack or self.culprit(stack) is None:
-            return False
-        return self.untrusted(stack[0]) or Path(stack[0]).stem in CODE_READERS
-
     def introspection_refused(self) -> bool:
-        stack = self.stack()
-        if not stack or self.culprit(stack) is None:
-            return False
-        if self.untrusted(stack[0]):
-            return True
-        module = Path(stack[0]).stem if Path(stack[0]).name != "__init__.py" else ""
-        return module not in FRAME_HELPERS
+        """Refuse frame, code and object-graph access asked for by the submission's own code.
+
+        Libraries use ``sys._getframe`` and ``__code__`` for their own purposes all the time
+        (``typing``, ``namedtuple``, torch's signature checks) and get them; modules that hand
+        frames or code back to their caller (:data:`PASS_THROUGH`) are looked through, so the
+        submission asking ``inspect.stack()`` is refused like asking ``sys._getframe``.
+        """
+        for filename in self.stack():
+            if self.untrusted(filename):
+                return True
+            if _module_name(filename) not in PASS_THROUGH:
+                return False
+        return False
+
+
+def _module_name(filename: str) -> str:
+    """``.../collections/__init__.py`` -> ``collections``; ``.../warnings.py`` -> ``warnings``."""
+    path = Path(filename)
+    return path.parent.name if path.stem == "__init__" else path.stem
 
 
 def _path_arg(value: object) -> str | None:
@@ -336,12 +336,14 @@ def install_audit_hook(policy: Policy, report: Callable[[str], None]) -> None:
             return
         busy.on = True
         try:
-            guard.caller = guard.getframe(1)
+            try:
+                guard.caller = guard.getframe(1)
+            except ValueError:  # raised from C with no Python frame (interpreter start/exit)
+                guard.caller = None
             refused = guard.check(event, args)
             if refused is None:
                 return
             culprit = guard.culprit(guard.stack()) or "the grader's side"
-            guard.caller = None
             report(f"refused: {refused} from {culprit}")
         finally:
             guard.caller = None

@@ -34,7 +34,9 @@ from autograder.errors import AutograderError
 from autograder.grading import runner
 from autograder.grading.models import Artifact, SuiteRun, TestOutcome
 
-PRELOAD = ["torch", "numpy", "pytest", "autograder.grading.runner"]
+# torch._dynamo rebinds torch.manual_seed & co. when first imported (lazily, by optimizers):
+# import it up front so that it happens before the snapshot, not during a test.
+PRELOAD = ["torch", "torch._dynamo", "numpy", "pytest", "autograder.grading.runner"]
 STATUSES = ("passed", "failed", "error", "skipped")
 MAX_LINE = 16 * 1024 * 1024  # bytes of one message: artifacts are density grids, not more
 MAX_LOG = 20_000  # characters of the child's output kept in SuiteRun.log
@@ -244,8 +246,7 @@ class _Grading:
                     phase_start = time.monotonic()
         finally:
             reader.close()
-            if not attempt.done or attempt.timed_out:
-                _kill(process)
+            _kill(process)  # done or not: nothing more is needed from it, and exit takes time
             process.join(5)
             if process.is_alive():
                 _kill(process)

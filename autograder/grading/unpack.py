@@ -61,7 +61,7 @@ def collect_submission(submission: Path, student_files: list[str]) -> StudentFil
 
 
 def _collect(submission: Path, entries: _Entries, wanted: list[str]) -> StudentFiles:
-    result = StudentFiles()
+    result = StudentFiles(notes=list(entries.notes))
     prefix = _locate(entries.names(), wanted)
     if prefix is None:
         result.missing = list(wanted)
@@ -76,7 +76,6 @@ def _collect(submission: Path, entries: _Entries, wanted: list[str]) -> StudentF
             result.missing.append(name)
         else:
             result.files[name] = data
-    result.notes.extend(entries.notes)
     return result
 
 

@@ -10,9 +10,10 @@ import math
 
 import pytest
 import torch
-from flows.base import Flow, standard_normal
 from torch import Tensor
 from torch.distributions import Distribution, Independent, LogNormal, MultivariateNormal, Uniform
+
+from flows.base import Flow, standard_normal
 
 
 def uniform01(dim: int) -> Distribution:
@@ -22,7 +23,7 @@ def uniform01(dim: int) -> Distribution:
 
 
 class Exp(Flow):
-    """``x = exp(z)`` elementwise: ``log|det J_f(z)| = sum z``, ``log|det J_{f^{-1}}(x)| = -sum log x``."""
+    """``x = exp(z)``: ``log|det J_f(z)| = sum z``, ``log|det J_{f^{-1}}(x)| = -sum log x``."""
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return z.exp(), z.sum(-1)
@@ -65,7 +66,9 @@ ANCHORS = [
 
 
 @pytest.mark.weight(2)
-@pytest.mark.parametrize(("name", "A", "b", "support", "density"), ANCHORS, ids=[a[0] for a in ANCHORS])
+@pytest.mark.parametrize(
+    ("name", "A", "b", "support", "density"), ANCHORS, ids=[a[0] for a in ANCHORS]
+)
 def test_uniform_anchors(change_of_variables, name, A, b, support, density):
     """The density of an affine map of U(0, 1) is 1/|a| on the image and 0 outside it"""
     flow = affine(change_of_variables, A, b)
@@ -142,7 +145,8 @@ def test_affine_forward_and_inverse(change_of_variables, matrix):
     )
     back, _ = flow.inverse(x)
     assert torch.allclose(back, z, atol=1e-10), (
-        f"Affine with A = {name}: inverse(forward(z)) should give z = {fmt(z[0])}, got {fmt(back[0])}"
+        f"Affine with A = {name}: inverse(forward(z)) should give z = {fmt(z[0])}, "
+        f"got {fmt(back[0])}"
     )
 
 
@@ -160,7 +164,8 @@ def test_affine_log_abs_det(change_of_variables, matrix):
         )
         want = torch.full((4,), sign * expected, dtype=torch.float64)
         assert torch.allclose(log_abs_det, want, atol=1e-8), (
-            f"Affine with A = {name} (det A = {float(torch.linalg.det(A)):.4g}): {direction} should "
+            f"Affine with A = {name} (det A = {float(torch.linalg.det(A)):.4g}): {direction} "
+            "should "
             f"return {'' if sign > 0 else '-'}log|det A| = {sign * expected:.4f} for every sample, "
             f"got {fmt(log_abs_det)}"
         )

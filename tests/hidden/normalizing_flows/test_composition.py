@@ -12,8 +12,9 @@ import math
 
 import pytest
 import torch
-from flows.base import Flow, Reverse
 from torch import Tensor
+
+from flows.base import Flow, Reverse
 
 
 class ScaleShift(Flow):
@@ -168,8 +169,17 @@ def test_single_layer(composition, z):
 def test_registers_layers(composition):
     """Sequential registers its layers, so an optimizer and .to(device) reach them"""
     sequential = composition.Sequential(ScaleShift(2.0, 1.0), Sinh(), ScaleShift(0.5, 0.0))
-    count = len(list(sequential.parameters()))
-    assert count == 4, (
+    params = list(sequential.parameters())
+    assert len(params) == 4, (
         "Sequential of two ScaleShift layers (2 parameters each) should expose their 4 "
-        f"parameters through .parameters() (keep the layers in a torch.nn.ModuleList); got {count}"
+        "parameters through .parameters() (keep the layers in a torch.nn.ModuleList); "
+        f"got {len(params)}"
+    )
+    # Registered is only useful if training reaches them: the NLL's gradient must flow to all.
+    x, log_det = sequential(torch.randn(8, 2, dtype=params[0].dtype))
+    (x.sum() + log_det.sum()).backward()
+    missing = sum(p.grad is None for p in params)
+    assert missing == 0, (
+        f"after a forward pass and backward(), {missing} of the 4 layer parameters got no "
+        "gradient: forward must run every layer"
     )

@@ -52,7 +52,7 @@ def test_made_is_autoregressive(made, dtype, device):
     seen = torch.zeros(features, features, dtype=torch.bool)
     for _ in range(3):
         x = torch.randn(1, features, dtype=dtype, device=device)
-        for what, J in zip(("shift", "log_scale"), made_jacobians(net, x)):
+        for what, J in zip(("shift", "log_scale"), made_jacobians(net, x), strict=True):
             nonzero = (J != 0).cpu()
             seen |= nonzero
             leaks = (nonzero & ~allowed).nonzero().tolist()
@@ -73,7 +73,8 @@ def test_made_output_shapes(maf, dtype):
     out = net(torch.randn(3, 5, dtype=dtype))
     shapes = [tuple(t.shape) for t in out] if isinstance(out, tuple) else type(out).__name__
     assert shapes == [(3, 5), (3, 5)], (
-        f"MADE(5)(x) on 3 samples should return (shift, log_scale) of shape (3, 5) each, got {shapes}"
+        f"MADE(5)(x) on 3 samples should return (shift, log_scale) of shape (3, 5) each, "
+        f"got {shapes}"
     )
 
 
