@@ -57,16 +57,19 @@ class GradeRun:
             g["wall_time_s"] - sum(t["duration_s"] for t in g["run"]["tests"]) for g in self.graded
         )
 
-    def problems(self, expected: int) -> str:
-        """Why this run's figures are not trustworthy (empty when they are)."""
+    def problems(self, expected: int, points: dict[str, float]) -> str:
+        """Why this run's figures are not trustworthy (empty when they are): a submission not
+        graded, or a reference copy short of any module part's points."""
         if len(self.graded) != expected:
             return f"graded {len(self.graded)} of {expected} submissions"
         wrong = [
-            f"{g['name']} {g['row']['total']}/{g['row']['max']}"
+            f"{g['name']} {part} {g['row'].get(part)}/{full}"
             for g in self.graded
-            if g["name"].startswith("reference") and g["row"]["total"] != g["row"]["max"]
+            if g["name"].startswith("reference")
+            for part, full in points.items()
+            if g["row"].get(part) != full
         ]
-        return f"reference not full marks: {', '.join(wrong)}" if wrong else ""
+        return f"reference short: {', '.join(wrong[:3])}" if wrong else ""
 
 
 def submissions(root: Path, count: int) -> list[Path]:
@@ -93,17 +96,21 @@ def grade(paths: list[Path], jobs: int) -> GradeRun:
     return GradeRun(wall, graded)
 
 
-def plain_pytest(submission: Path) -> tuple[float, int]:
-    """``(seconds, exit code)`` of the hidden suite in one plain pytest process."""
+def plain_pytest(submission: Path) -> tuple[float, str]:
+    """``(seconds, problem)`` of the hidden suite in one plain pytest process; ``problem`` is
+    pytest's last line when it did not pass, else empty."""
     command = [sys.executable, "-m", "pytest", str(HIDDEN), "--submission", str(submission)]
     start = time.perf_counter()
     done = subprocess.run(
         [*command, "-q", "-p", "no:cacheprovider", "--assert=plain"],
         cwd=REPO,
         capture_output=True,
+        text=True,
         check=False,
     )
-    return time.perf_counter() - start, done.returncode
+    seconds = time.perf_counter() - start
+    last = (done.stdout.strip().splitlines() or ["no output"])[-1]
+    return seconds, "" if done.returncode == 0 else f"plain pytest failed: {last}"
 
 
 def _points() -> dict[str, float]:
@@ -119,6 +126,7 @@ def _nan_if(problem: str, value: float) -> float:
 def run(quick: bool) -> list[Row]:
     """Every grading figure; ``quick`` grades a batch of 2 and times each thing once."""
     repeats, batch = (1, 2) if quick else (3, BATCH)
+    points = _points()
     with tempfile.TemporaryDirectory(prefix="bench-subs-") as tmp:
         root = Path(tmp)
         subs = submissions(root / "subs", batch)
@@ -128,15 +136,16 @@ def run(quick: bool) -> list[Row]:
         batches = {jobs: grade(subs, jobs) for jobs in (1, 2)}
         course = root / "nbgrader"
         course.mkdir()
-        nbgrader_peer.write_course(course, HIDDEN, reference, _points())
+        nbgrader_peer.write_course(course, HIDDEN, reference, points)
         nb = [nbgrader_peer.autograde(course) for _ in range(repeats)]
 
-    single_problem = next((p for p in (s.problems(1) for s in singles) if p), "")
+    single_problem = next((p for p in (s.problems(1, points) for s in singles) if p), "")
     single = median(s.wall_s for s in singles)
-    plain_s = median(s for s, code in plain)
-    plain_problem = "" if all(code == 0 for _, code in plain) else "plain pytest failed"
+    plain_s = median(s for s, _ in plain)
+    plain_problem = next((p for _, p in plain if p), "")
     nb_s, nb_score = median(s for s, _ in nb), min(score for _, score in nb)
-    nb_problem = "" if nb_score == sum(_points().values()) else f"nbgrader score {nb_score}"
+    full = sum(points.values())
+    nb_problem = "" if nb_score == full else f"nbgrader gave {nb_score:g}/{full:g}"
     overhead = median(s.overhead_s for s in singles)
     rows = [
         Row(
@@ -157,7 +166,7 @@ def run(quick: bool) -> list[Row]:
         ),
     ]  # fmt: skip
     one, two = batches[1], batches[2]
-    problem = one.problems(batch) or two.problems(batch)
+    problem = one.problems(batch, points) or two.problems(batch, points)
     rows += [
         Row(
             "grading", f"batch of {batch}: s per submission, --jobs 2 vs --jobs 1",

@@ -24,6 +24,8 @@ the batch goes on.
   costs its outcomes, not the batch: the error becomes a flag.
 - *sinks*: ``sink(graded: GradedSubmission) -> None``, called after a submission's reports are
   written, for resumed submissions too (so a sink must be idempotent; e.g. the gradebook).
+- *fingerprints*: ``fingerprint(submission: Path) -> bytes``, mixed into the content key, for
+  whatever a stage reads from the submission beyond the student files (e.g. the notebook).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class GradedSubmission:
 
 ExtraStage = Callable[[StageContext], list[TestOutcome]]
 Sink = Callable[[GradedSubmission], None]
+Fingerprint = Callable[[Path], bytes]
 
 
 @dataclass
@@ -113,6 +116,9 @@ class Extensions:
 
     stages: list[ExtraStage] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
+    # What else a stage reads from a submission (e.g. its notebook) must be in the content key,
+    # or a changed notebook alone would be resumed instead of graded: ``fingerprint(path)``.
+    fingerprints: list[Fingerprint] = field(default_factory=list)
 
 
 def default_extensions(course: Course, assignment: Assignment, db_url: str | None) -> Extensions:
@@ -248,7 +254,8 @@ class _BatchGrader:
         except SubmissionError as exc:
             graded = self._failed(name, submission, dest, str(exc), "unreadable submission")
         else:
-            content = _files_digest(files)
+            extra = [fingerprint(submission) for fingerprint in self.extensions.fingerprints]
+            content = _files_digest(files, extra)
             key = hashlib.sha256(f"{self.course_digest}:{content}".encode()).hexdigest()
             graded = self._resume(name, submission, dest, key)
             if graded is None:
@@ -403,12 +410,15 @@ def _run_stage(stage: ExtraStage, context: StageContext, run: SuiteRun) -> None:
         run.flags.append(f"grader stage {name} failed: {exc!r}")
 
 
-def _files_digest(files: StudentFiles) -> str:
+def _files_digest(files: StudentFiles, extra: list[bytes]) -> str:
+    """Digest of what the submission contributes: its student files and the extensions' reads."""
     digest = hashlib.sha256()
     for path in sorted(files.files):
         digest.update(f"\0{path}\0".encode())
         digest.update(files.files[path])
     digest.update(json.dumps(sorted(files.missing)).encode())
+    for data in extra:
+        digest.update(hashlib.sha256(data).digest())
     return digest.hexdigest()
 
 
