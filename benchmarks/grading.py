@@ -8,7 +8,10 @@ Every grader run is the real command line (``python -m autograder grade ...``) i
 - the grader's overhead per submission: its ``grading.json`` wall time minus the sum of the test
   bodies' durations it recorded (median over the submissions of a run);
 - peers: the hidden suite run by plain ``pytest`` in one process (no isolation: the floor of any
-  grader), and nbgrader's ``autograde`` on a notebook of the same checks (:mod:`nbgrader_peer`).
+  grader), and nbgrader's ``autograde`` on a notebook of the same checks (:mod:`nbgrader_peer`),
+  both against the solution folder (the reference copies hold only the student files, as a
+  submission does; the grader adds the given ones, the peers need them in place). The grader
+  gets a reference copy, not the solution folder, whose notebook would add nbgrader's own stage.
 
 A throughput figure of a grader that gets the reference wrong is meaningless, so each row says
 when the reference copies did not get full marks.
@@ -132,11 +135,12 @@ def run(quick: bool) -> list[Row]:
         subs = submissions(root / "subs", batch)
         reference = subs[0]
         singles = [grade([reference], jobs=1) for _ in range(repeats)]
-        plain = [plain_pytest(reference) for _ in range(repeats)]
+        # The peers need a whole package (given files too): the solution folder, same code.
+        plain = [plain_pytest(SOLUTION) for _ in range(repeats)]
         batches = {jobs: grade(subs, jobs) for jobs in (1, 2)}
         course = root / "nbgrader"
         course.mkdir()
-        nbgrader_peer.write_course(course, HIDDEN, reference, points)
+        nbgrader_peer.write_course(course, HIDDEN, SOLUTION, points)
         nb = [nbgrader_peer.autograde(course) for _ in range(repeats)]
 
     single_problem = next((p for p in (s.problems(1, points) for s in singles) if p), "")
