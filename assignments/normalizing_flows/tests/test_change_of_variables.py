@@ -1,9 +1,10 @@
 """Self-checks for flows/change_of_variables.py: the lesson's uniform examples and Affine."""
 
 import torch
+from torch.distributions import Independent, MultivariateNormal, Uniform
+
 from flows.base import standard_normal
 from flows.change_of_variables import Affine, log_prob, sample
-from torch.distributions import Independent, MultivariateNormal, Uniform
 
 
 def uniform(dim: int) -> Independent:

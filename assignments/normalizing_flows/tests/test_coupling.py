@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from flows.coupling import AdditiveCoupling, AffineCoupling
 from torch.autograd.functional import jacobian
+
+from flows.coupling import AdditiveCoupling, AffineCoupling
 
 MASK = torch.tensor([1.0, 0.0, 1.0, 0.0])
 

@@ -1,8 +1,9 @@
 """Self-checks for flows/maf.py: MADE's autoregressive masks and MAF's two directions."""
 
 import torch
-from flows.maf import MADE, MAF, MaskedLinear
 from torch.autograd.functional import jacobian
+
+from flows.maf import MADE, MAF, MaskedLinear
 
 
 def test_masked_linear_uses_only_allowed_connections(perturb):

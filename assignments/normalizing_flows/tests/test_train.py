@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from flows.base import Reverse, standard_normal
 from flows.change_of_variables import Affine
 from flows.composition import Sequential

@@ -3,6 +3,7 @@
 import math
 
 import torch
+
 from flows.change_of_variables import Affine
 from flows.composition import Sequential
 
