@@ -21,6 +21,8 @@ e.g. PostgreSQL for several graders at once.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -30,9 +32,13 @@ from pathlib import Path
 
 from autograder.config import Assignment, Course
 from autograder.errors import AutograderError
+from autograder.grading import atomic
+from autograder.grading.scoring import NOTEBOOK_PART
+from autograder.notebook import has_notebook, notebook_id, register_notebook
 
 MODULES_NOTEBOOK = "modules"
 GRADEBOOK_FILE = "gradebook.db"
+RECEIPT = "gradebook.json"  # in ``out/<name>/``: what the sink last recorded, and where
 ROSTER_COLUMNS = ("id", "first_name", "last_name", "email")  # nbgrader db student import
 
 
@@ -114,8 +120,6 @@ def prepare_assignment(course: Course, assignment: Assignment, db_url: str | Non
             gradebook.update_or_create_grade_cell(
                 part, MODULES_NOTEBOOK, assignment.name, max_score=points, cell_type="code"
             )
-    from autograder.notebook import has_notebook, register_notebook
-
     if has_notebook(assignment):
         register_notebook(course, assignment, database_url(course, db_url))
 
@@ -170,26 +174,63 @@ def _set_auto_score(grade, auto_score: float | None) -> None:
 
 
 class GradebookSink:
-    """The batch sink: records each graded submission (idempotent; safe from many threads)."""
+    """The batch sink: records each graded submission (idempotent; safe from many threads).
+
+    Nothing is opened until a submission needs writing: nbgrader (seconds to import) and the
+    assignment's structure (:func:`prepare_assignment`) come with the first record, once per
+    batch. Each record leaves a receipt in ``out/<name>/`` (a digest of the database URL and the
+    scores); a *resumed* submission whose receipt matches is skipped, so a batch that only
+    resumes never loads nbgrader. A deleted SQLite file is filled again; a database emptied
+    under the same URL is not noticed (delete the receipts, or grade into a fresh ``--out``).
+    """
 
     def __init__(self, course: Course, assignment: Assignment, db_url: str | None = None) -> None:
-        self.course, self.assignment, self.db_url = course, assignment, db_url
-        self._lock = threading.Lock()  # SQLite takes one writer at a time
-        prepare_assignment(course, assignment, db_url)
+        self.course, self.assignment = course, assignment
+        self.url = database_url(course, db_url)
+        self._lock = threading.Lock()  # SQLite takes one writer at a time; one prepare per batch
+        self._prepared = False
 
     def __call__(self, graded) -> None:
         if graded.key is None:
             return  # not graded (unreadable submission): it is retried on the next run
+        scores = scores_of(self.assignment, graded)
+        receipt = {"gradebook": _digest(self.url, scores)}
+        path = graded.out_dir / RECEIPT
+        if graded.resumed and _read_json(path) == receipt and _database_exists(self.url):
+            return
         with self._lock:
-            record(self.course, self.assignment, scores_of(self.assignment, graded), self.db_url)
+            if not self._prepared:
+                prepare_assignment(self.course, self.assignment, self.url)
+                self._prepared = True
+            record(self.course, self.assignment, scores, self.url)
+        atomic.write_json(path, receipt)
+
+
+def _digest(url: str, scores: Scores) -> str:
+    """Of the URL too, so another ``--db`` records again; hashed, as a URL may hold a password."""
+    cells = sorted([notebook, cell, points] for (notebook, cell), points in scores.cells.items())
+    return hashlib.sha256(json.dumps([url, scores.student, cells]).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _database_exists(url: str) -> bool:
+    """Whether an SQLite database file is still there; other servers are trusted (asking them
+    means connecting, which is what a skip saves)."""
+    if not url.startswith("sqlite"):
+        return True
+    path = url.partition(":///")[2].partition("?")[0]
+    return bool(path) and Path(path).is_file()
 
 
 def scores_of(assignment: Assignment, graded) -> Scores:
     """Gradebook scores of a :class:`~autograder.grading.batch.GradedSubmission`: each graded
     module part's points, and each notebook cell's (its outcome's weight is its points)."""
-    from autograder.grading.scoring import NOTEBOOK_PART
-    from autograder.notebook import notebook_id
-
     cells: dict[tuple[str, str], float | None] = {}
     for part, score in graded.score.parts.items():
         if part != NOTEBOOK_PART and score.graded:

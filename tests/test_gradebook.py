@@ -2,8 +2,9 @@
 
 Every check reads the database back through nbgrader's own ``Gradebook``. The recording tests
 use hand-made scores on a gradebook prepared once (nbgrader's ``generate_assignment`` fills in
-the notebook's cells, ~2 s); ``test_grading_two_students_fills_the_gradebook`` grades two real
-submissions end to end (``slow``: the hidden suites plus the notebook's autograde, ~1-2 min).
+the notebook's cells, ~2 s); the sink tests feed the batch's sink hand-made graded submissions
+(~6 s together); ``test_grading_two_students_fills_the_gradebook`` grades two real submissions
+end to end (``slow``: the hidden suites plus the notebook's autograde, ~1-2 min).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from nbgrader.api import Gradebook
 from autograder.config import Assignment, Course, load_course
 from autograder.gradebook import (
     MODULES_NOTEBOOK,
+    RECEIPT,
+    GradebookSink,
     Scores,
     export_csv,
     prepare_assignment,
     record,
 )
+from autograder.grading import models
+from autograder.grading.batch import GradedSubmission
+from autograder.grading.reports import SubmissionReport
+from autograder.grading.scoring import score
 from autograder.notebook import grade_cells, notebook_id
 from tests.conftest import ASSIGNMENT, REPO
 
@@ -191,6 +198,60 @@ def test_export_csv_has_nbgraders_columns(
     assert float(rows["alice"]["score"]) == sum(assignment.parts.values()) + autograded
     assert float(rows["bob"]["score"]) == autograded
     assert {float(row["max_score"]) for row in rows.values()} == {assignment.total_points}
+
+
+def graded_submission(
+    assignment: Assignment, out_dir: Path, *, passed: bool, resumed: bool = False
+) -> GradedSubmission:
+    """A batch's record of student ``alice``: one test per module part, all passed or failed."""
+    status = "passed" if passed else "failed"
+    tests = [models.TestOutcome(f"test_{p}.py::t", p, p, 1.0, status) for p in assignment.parts]
+    run = models.SuiteRun(tests=tests)
+    report = SubmissionReport("alice", score(assignment, run))
+    return GradedSubmission("alice", out_dir, out_dir, "key", run, report, resumed=resumed)
+
+
+def module_score(course: Course, db_url: str, assignment: Assignment) -> float:
+    with Gradebook(db_url, course.id) as gb:
+        return gb.find_submission_notebook(MODULES_NOTEBOOK, assignment.name, "alice").score
+
+
+def test_sink_opens_the_gradebook_only_to_record(
+    course: Course, assignment: Assignment, tmp_path: Path
+) -> None:
+    database = tmp_path / "lazy.db"
+    sink = GradebookSink(course, assignment, f"sqlite:///{database}")
+    assert not database.exists(), "building the sink opened the gradebook"
+    sink(graded_submission(assignment, tmp_path / "alice", passed=True))
+    assert module_score(course, f"sqlite:///{database}", assignment) == sum(
+        assignment.parts.values()
+    )
+    assert (tmp_path / "alice" / RECEIPT).is_file()
+
+
+def test_sink_skips_a_resumed_submission_it_recorded(
+    course: Course, assignment: Assignment, db_url: str, tmp_path: Path
+) -> None:
+    """The receipt stands for the recorded scores: a resumed submission with the same scores and
+    database is not written again; other scores, a fresh grade or a deleted database are."""
+    out_dir = tmp_path / "alice"
+
+    def sink(*, passed: bool, resumed: bool) -> float:
+        graded = graded_submission(assignment, out_dir, passed=passed, resumed=resumed)
+        GradebookSink(course, assignment, db_url)(graded)  # a new batch each time
+        return module_score(course, db_url, assignment)
+
+    full = sum(assignment.parts.values())
+    assert sink(passed=True, resumed=False) == full
+    # Someone else writes the database meanwhile: 1 point per part.
+    cells = {(MODULES_NOTEBOOK, part): 1.0 for part in assignment.parts}
+    record(course, assignment, Scores("alice", cells), db_url)
+    assert sink(passed=True, resumed=True) == len(assignment.parts)  # skipped: receipt matched
+    assert sink(passed=True, resumed=False) == full  # graded again: always written
+    assert sink(passed=False, resumed=True) == 0.0  # other scores than the receipt's
+    assert sink(passed=True, resumed=False) == full
+    Path(db_url.removeprefix("sqlite:///")).unlink()
+    assert sink(passed=True, resumed=True) == full  # the deleted database is filled again
 
 
 @pytest.mark.slow

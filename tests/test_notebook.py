@@ -1,8 +1,10 @@
-"""The explore notebook: valid nbgrader source, released and solved through nbgrader, runnable.
+"""The explore notebook: valid nbgrader source, released and solved through nbgrader, runnable,
+and part of what the batch's resume key covers.
 
 The release and solution versions go through nbgrader's own converters (~2 s each); executing
 the source notebook with the reference solution trains two flows (``slow``: ~30 s on a laptop
-CPU with one thread).
+CPU with one thread). The resume test grades with a fake notebook stage (the batch's own code
+is under test, not nbgrader's autograde): ``slow``, ~12 s for three one-submission batches.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import hashlib
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from autograder.config import Assignment, load_course
+from autograder.config import Assignment, Course, load_course
+from autograder.examples import STUBS, materialize
+from autograder.grading import models
+from autograder.grading.batch import Extensions, StageContext, default_extensions, grade_batch
+from autograder.grading.notebook_stage import find_submitted_notebook, notebook_fingerprint
 from autograder.notebook import grade_cells, release_notebook, solution_notebook
 from tests.conftest import ASSIGNMENT, REPO
 
@@ -29,8 +36,13 @@ ANSWER_TEXT = "MADE pass per feature"
 
 
 @pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment(ASSIGNMENT)
+def course() -> Course:
+    return load_course(REPO)
+
+
+@pytest.fixture(scope="module")
+def assignment(course: Course) -> Assignment:
+    return course.assignment(ASSIGNMENT)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +139,72 @@ def test_source_executes_with_the_reference(assignment: Assignment, tmp_path: Pa
         o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
     ]
     assert len(pictures) >= 5, f"expected the lesson's 5 figures, got {len(pictures)}"
+
+
+# --- the submitted notebook and the resume key ----------------------------------------------
+
+
+@pytest.fixture
+def submission(assignment: Assignment, tmp_path: Path) -> Path:
+    """The stubs with the notebook as released (``flows/`` beside ``explore.ipynb``)."""
+    folder = materialize(assignment, STUBS, tmp_path / "student")
+    shutil.copyfile(assignment.release_dir / assignment.notebook.file, folder / "explore.ipynb")
+    return folder
+
+
+def _zip(folder: Path, dest: Path, prefix: str) -> Path:
+    with zipfile.ZipFile(dest, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, prefix + path.relative_to(folder).as_posix())
+    return dest
+
+
+@pytest.mark.parametrize("prefix", ["", "student/"], ids=["zip-top", "zip-one-folder-down"])
+def test_notebook_is_found_in_a_zip(
+    assignment: Assignment, submission: Path, tmp_path: Path, prefix: str
+) -> None:
+    archive = _zip(submission, tmp_path / "student.zip", prefix)
+    expected = (submission / "explore.ipynb").read_bytes()
+    assert find_submitted_notebook(assignment, archive) == expected
+    assert notebook_fingerprint(assignment, archive) == expected
+
+
+def test_fingerprint_of_a_submission_without_notebook_is_empty(
+    assignment: Assignment, submission: Path
+) -> None:
+    (submission / "explore.ipynb").unlink()
+    assert find_submitted_notebook(assignment, submission) is None
+    assert notebook_fingerprint(assignment, submission) == b""
+
+
+@pytest.mark.slow
+def test_an_edited_notebook_alone_is_graded_again(
+    course: Course, assignment: Assignment, submission: Path, tmp_path: Path
+) -> None:
+    """The default extensions put the notebook in the content key: a batch re-run after the
+    student changed only ``explore.ipynb`` runs the notebook stage again instead of resuming."""
+    seen: list[bytes] = []
+
+    def stage(context: StageContext) -> list[models.TestOutcome]:
+        seen.append(find_submitted_notebook(context.assignment, context.submission) or b"")
+        return [models.TestOutcome("explore.ipynb::fake", "fake", "notebook", 1.0, "passed")]
+
+    # Only the fingerprints of the real defaults: the gradebook sink and nbgrader stay out.
+    defaults = default_extensions(course, assignment, f"sqlite:///{tmp_path / 'unused.db'}")
+    assert defaults.fingerprints, "the notebook is not in the resume key"
+    extensions = Extensions(stages=[stage], fingerprints=defaults.fingerprints)
+    options = {"parts": ["notebook"], "extensions": extensions, "progress": False}
+    out = tmp_path / "out"
+
+    def grade() -> bool:
+        (graded,) = grade_batch(course, assignment, [submission], out, **options)
+        return graded.resumed
+
+    assert not grade() and len(seen) == 1
+    assert grade() and len(seen) == 1  # unchanged: resumed, the stage does not run
+    notebook = submission / "explore.ipynb"
+    edited = nbformat.read(notebook, as_version=4)
+    edited.cells.append(nbformat.v4.new_markdown_cell("My own note on MAF."))
+    nbformat.write(edited, notebook)
+    assert not grade(), "only the notebook changed, and the submission was resumed"
+    assert len(seen) == 2 and seen[1] == notebook.read_bytes()

@@ -41,6 +41,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,10 @@ from tqdm import tqdm
 
 from autograder.config import Assignment, Course
 from autograder.errors import AutograderError
+from autograder.gradebook import GradebookSink
 from autograder.grading import atomic
 from autograder.grading.models import SuiteRun, TestOutcome
+from autograder.grading.notebook_stage import notebook_fingerprint, notebook_stage
 from autograder.grading.plots import draw_pictures
 from autograder.grading.reports import (
     GRADES_CSV,
@@ -64,6 +67,7 @@ from autograder.grading.scoring import Score, part_points, score
 from autograder.grading.supervisor import Supervisor
 from autograder.grading.unpack import PACKAGE, StudentFiles, SubmissionError, collect_submission
 from autograder.grading.workspace import prepare_workspace, student_file_names
+from autograder.notebook import has_notebook
 
 GRADING = "grading.json"
 PLOTS = "plots"
@@ -122,13 +126,17 @@ class Extensions:
 
 
 def default_extensions(course: Course, assignment: Assignment, db_url: str | None) -> Extensions:
-    """The stages and sinks every ``autograder grade`` runs (the notebook and the gradebook)."""
-    # nbgrader is heavy: imported only when grading runs.
-    from autograder.gradebook import GradebookSink
-    from autograder.notebook import has_notebook, notebook_stage
+    """The stages and sinks every ``autograder grade`` runs (the notebook and the gradebook).
 
-    stages = [notebook_stage] if has_notebook(assignment) else []
-    return Extensions(stages=stages, sinks=[GradebookSink(course, assignment, db_url)])
+    Cheap to build: nbgrader is imported, and the gradebook opened, by the first stage or sink
+    call that needs them, so a batch that only resumes never pays for them.
+    """
+    extensions = Extensions(sinks=[GradebookSink(course, assignment, db_url)])
+    if has_notebook(assignment):
+        extensions.stages.append(notebook_stage)
+        # The notebook is read from the submission, not from its student files: in the key.
+        extensions.fingerprints.append(partial(notebook_fingerprint, assignment))
+    return extensions
 
 
 def submission_name(submission: Path) -> str:

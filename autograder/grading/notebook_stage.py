@@ -1,0 +1,260 @@
+"""The batch stage that grades the explore notebook: nbgrader's ``autograde``, in a child process.
+
+The course directory is :func:`autograder.notebook.course_directory`'s, with the student's
+files added::
+
+    <course>/source/<assignment>/explore.ipynb            the TA's source (solutions, hidden tests)
+    <course>/submitted/<student>/<assignment>/...         the student's notebook + their ``flows/``
+    <course>/autograded/<student>/<assignment>/...        Autograde: executed, with grades
+    <course>/gradebook.db                                  nbgrader's database for that run
+
+**Isolation.** nbgrader executes the student's notebook in a Jupyter kernel (a subprocess) with a
+per-cell timeout (``Execute.timeout`` = ``limits.test_timeout_s``). The whole autograde runs in a
+child process of its own (``python -m autograder.grading.notebook_stage``: nbgrader ``chdir``-s,
+which a threaded batch must not see) in a new session, with an address-space cap
+(``limits.memory_mb``) that the kernel inherits, one BLAS thread, and a wall-clock bound
+(``limits.submission_timeout_s``) after which the child's whole process group (kernel included)
+is killed. The kernel runs as the grading user with no audit hook or network block: a notebook
+can read what that user can read. The child's database is private to the submission;
+:mod:`autograder.gradebook` copies the scores into the course's gradebook.
+
+**Outcomes.** One :class:`TestOutcome` per graded cell, ``part="notebook"``, its points as
+weight: an autograded test cell passes when nbgrader gave it full points; a written answer is
+``pending`` (graded by hand in formgrader), or ``failed`` when left as released.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import zipfile
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autograder.config import Assignment, Course
+from autograder.errors import AutograderError
+from autograder.grading.models import TestOutcome
+from autograder.grading.scoring import NOTEBOOK_PART
+from autograder.grading.unpack import PACKAGE, collect_submission
+from autograder.notebook import (
+    GradeCell,
+    course_directory,
+    grade_cells,
+    nbgrader_config,
+    notebook_file,
+    notebook_id,
+    run_converter,
+)
+
+if TYPE_CHECKING:
+    from autograder.grading.batch import StageContext  # the batch imports this stage lazily
+
+PENDING = "graded by hand by a TA (pending)"
+
+
+def notebook_stage(context: StageContext) -> list[TestOutcome]:
+    """The batch stage: autograde the submission's notebook, if it has one, against the
+    prepared workspace (the course's given files + the student's)."""
+    if context.parts is not None and NOTEBOOK_PART not in context.parts:
+        return []
+    notebook = find_submitted_notebook(context.assignment, context.submission)
+    if notebook is None:
+        return []
+    return autograde(context.course, context.assignment, notebook, context.workspace, context.name)
+
+
+def notebook_fingerprint(assignment: Assignment, submission: Path) -> bytes:
+    """What the stage reads from ``submission`` beyond the student files, for the batch's
+    content key: the notebook's bytes, ``b""`` when there is none."""
+    return find_submitted_notebook(assignment, submission) or b""
+
+
+def find_submitted_notebook(assignment: Assignment, submission: Path) -> bytes | None:
+    """The notebook's bytes in a submission (folder or zip): at its top, or one folder down
+    beside ``flows/``; ``None`` when there is none."""
+    name = notebook_file(assignment)
+    if submission.is_dir():
+        names = {p.relative_to(submission).as_posix() for p in _two_levels(submission, name)}
+    else:
+        try:
+            with zipfile.ZipFile(submission) as archive:
+                names = set(archive.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return None
+    found = _notebook_path(names, name)
+    if found is None:
+        return None
+    # The unpacker reads zips and folders defensively (sizes, links, paths); reuse it.
+    return collect_submission(submission, [found]).files.get(found)
+
+
+def autograde(
+    course: Course,
+    assignment: Assignment,
+    notebook: bytes,
+    workspace: Path,
+    student: str,
+    *,
+    keep: Path | None = None,
+) -> list[TestOutcome]:
+    """Run nbgrader's ``autograde`` on a student's notebook; one outcome per graded cell.
+
+    ``workspace`` holds the ``flows/`` package to import (the course's given files with the
+    student's files). ``keep``: a folder to copy the executed, graded notebook into (for staff).
+    """
+    from nbgrader.api import Gradebook, MissingEntry
+
+    name = notebook_file(assignment)
+    with course_directory(assignment) as root:
+        submitted = root / "submitted" / student / assignment.name
+        shutil.copytree(workspace / PACKAGE, submitted / PACKAGE)
+        (submitted / name).write_bytes(notebook)
+        error = _autograde_in_child(course, assignment, root, student)
+        graded = root / "autograded" / student / assignment.name / name
+        if keep is not None and graded.is_file():
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(graded, keep / name)
+        errors = _cell_errors(graded) if graded.is_file() else {}
+        scores: dict[str, float | None] = {}
+        if error is None:
+            url = nbgrader_config(course, assignment, root).CourseDirectory.db_url
+            with Gradebook(url) as gradebook:
+                try:
+                    nb = gradebook.find_submission_notebook(
+                        notebook_id(assignment), assignment.name, student
+                    )
+                    scores = {grade.name: grade.auto_score for grade in nb.grades}
+                except MissingEntry:
+                    error = "nbgrader recorded no grades for the notebook"
+    return [
+        _outcome(name, cell, scores.get(cell.grade_id), errors, error)
+        for cell in grade_cells(assignment)
+    ]
+
+
+def _outcome(
+    name: str,
+    cell: GradeCell,
+    score: float | None,
+    errors: dict[str, str],
+    error: str | None,
+) -> TestOutcome:
+    outcome = TestOutcome(
+        nodeid=f"{name}::{cell.grade_id}",
+        name=f"{name}: {cell.title}",
+        part=NOTEBOOK_PART,
+        weight=cell.points,
+        status="failed",
+    )
+    if error is not None:
+        outcome.status, outcome.message = "error", error
+    elif cell.manual:
+        if score is None:
+            outcome.status, outcome.message = "pending", PENDING
+        else:
+            outcome.message = "no answer written (the cell is as released)"
+    elif score is not None and score >= cell.points:
+        outcome.status = "passed"
+    else:
+        outcome.message = errors.get(cell.grade_id, "the cell wrote to stderr or did not run")
+    return outcome
+
+
+def _autograde_in_child(
+    course: Course, assignment: Assignment, root: Path, student: str
+) -> str | None:
+    """Run this module's ``_child_main`` (below) bounded; ``None`` or what went wrong."""
+    limits = assignment.limits
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    # __name__: this module as the batch imported it (never "__main__" here).
+    command = [sys.executable, "-m", __name__, str(course.root), assignment.name]
+    command += [str(root), student]
+    child = subprocess.Popen(
+        command,
+        env=env,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # one process group: the kernel dies with it
+    )
+    try:
+        output, _ = child.communicate(timeout=limits.submission_timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return f"the notebook did not finish within {limits.submission_timeout_s:g} s"
+    finally:
+        _kill_group(child.pid)
+    if child.returncode != 0:
+        tail = output.decode("utf-8", errors="replace").strip().splitlines()[-1:] or ["?"]
+        return f"nbgrader autograde failed: {tail[0]}"
+    return None
+
+
+def _kill_group(pid: int) -> None:
+    # A kernel left behind (nbgrader normally shuts it down) must not outlive its notebook.
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _cell_errors(graded: Path) -> dict[str, str]:
+    """``grade_id -> "Ename: value"`` for graded cells that raised; no traceback (it quotes
+    the hidden tests' code)."""
+    import nbformat
+
+    nb = nbformat.read(graded, as_version=4)
+    errors: dict[str, str] = {}
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        for output in cell.get("outputs", []):
+            if grade_id and output.output_type == "error":
+                errors[grade_id] = f"{output.ename}: {output.evalue}".strip()
+    return errors
+
+
+def _two_levels(folder: Path, name: str) -> list[Path]:
+    return [p for p in (folder / name, *folder.glob(f"*/{name}")) if p.is_file()]
+
+
+def _notebook_path(names: set[str], name: str) -> str | None:
+    """``name`` at the top wins; else the one beside a ``flows/`` one folder down."""
+    if name in names:
+        return name
+    nested = sorted(n for n in names if n.count("/") == 1 and n.endswith(f"/{name}"))
+    beside = [
+        n for n in nested if any(m.startswith(f"{n.split('/')[0]}/{PACKAGE}/") for m in names)
+    ]
+    return (beside or nested or [None])[0]
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m autograder.grading.notebook_stage REPO ASSIGNMENT COURSE_DIR STUDENT``:
+    generate the assignment in the course directory's database, then autograde the student's
+    notebook."""
+    from nbgrader.converters import Autograde, GenerateAssignment
+
+    from autograder.config import load_course
+
+    repo, name, root, student = argv
+    course = load_course(Path(repo))
+    assignment = course.assignment(name)
+    memory = int(assignment.limits.memory_mb) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))  # the kernel inherits it
+    config = nbgrader_config(course, assignment, Path(root))
+    run_converter(GenerateAssignment, config, assignment, "generate_assignment")
+    config.CourseDirectory.student_id = student
+    run_converter(Autograde, config, assignment, "autograde")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(_child_main(sys.argv[1:]))
+    except AutograderError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
