@@ -7,13 +7,19 @@ grader records what it saw in ``flags``, and every run ends in bounded time.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from autograder.config import Assignment, Limits, load_course
+from autograder.errors import AutograderError
 from autograder.grading.models import SuiteRun
 from autograder.grading.supervisor import Supervisor
 
@@ -21,6 +27,11 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = Limits(test_timeout_s=8, submission_timeout_s=150, memory_mb=4096, max_processes=64)
+# A forever-loop costs two test timeouts (then its part is forfeit): a short limit keeps that
+# test cheap, and the other part it grades (composition) runs in milliseconds.
+QUICK = dataclasses.replace(LIMITS, test_timeout_s=3)
+LIMITS_FOR = {"loops_forever": QUICK}
+T = TypeVar("T")
 FAKE_RESULT = "('result', 'test_composition.py::test_forward_order', 'passed', '', 0.0)"
 
 ATTACKS: dict[str, tuple[str, str]] = {
@@ -81,7 +92,7 @@ def log_prob(flow, base, x):
         f"""
 import glob as _glob, os as _os
 _leaks = []
-for _root, _dirs, _files in _os.walk({str(REPO.parent)!r}):
+for _root, _dirs, _files in _os.walk({str(REPO)!r}):
     _leaks += [_os.path.join(_root, f) for f in _files if f.startswith("test_")]
 _leaks += _glob.glob({str(REPO)!r} + "/**/test_*.py", recursive=True)
 for _path in (_leaks or [{str(REPO / "tests/hidden/normalizing_flows/test_maf.py")!r}]):
@@ -179,8 +190,13 @@ def test_hostile_submission_earns_what_its_code_earns(
     assignment: Assignment, supervisor: Supervisor, tmp_path: Path, name: str
 ) -> None:
     parts, loser, flags = EXPECTED[name]
+    limits = LIMITS_FOR.get(name, LIMITS)
+    supervisor.limits = limits  # the fork server is shared; only the clock differs
     started = time.monotonic()
-    run = supervisor.run(hostile(assignment, name, tmp_path), parts=parts)
+    try:
+        run = supervisor.run(hostile(assignment, name, tmp_path), parts=parts)
+    finally:
+        supervisor.limits = LIMITS
     elapsed = time.monotonic() - started
 
     assert {t.part for t in run.tests} == set(parts), "every graded part has its tests"
@@ -195,7 +211,7 @@ def test_hostile_submission_earns_what_its_code_earns(
         assert fragment in shown, f"flag {fragment!r} missing from:\n{shown}"
     assert not any("LEAKED" in t.message for t in run.tests), "hidden test source was read"
     # Bounded: two test timeouts per part at most, plus restarts.
-    assert elapsed < 2 * LIMITS.test_timeout_s * len(parts) + 60
+    assert elapsed < 2 * limits.test_timeout_s * len(parts) + 60
 
 
 def test_forged_files_land_nowhere_but_the_scratch(
@@ -216,3 +232,69 @@ def test_reference_still_gets_full_marks(
         (t.nodeid, t.message) for t in run.tests if not t.passed
     ]
     assert run.flags == []
+
+
+def test_leaving_the_supervisor_kills_running_children(
+    assignment: Assignment, tmp_path: Path
+) -> None:
+    """Ctrl-C during a batch: the submissions in flight die now, not at their time limit."""
+    patient = Limits(test_timeout_s=120, submission_timeout_s=300, memory_mb=4096)
+    workspace = hostile(assignment, "loops_forever", tmp_path)
+    outcome: list[BaseException | SuiteRun] = []
+    with Supervisor(assignment, limits=patient) as supervisor:
+        worker = threading.Thread(
+            target=lambda: outcome.append(_run_or_error(supervisor, workspace)), daemon=True
+        )
+        worker.start()
+        children = _wait_for(supervisor.running, timeout=60)
+        time.sleep(1.0)  # well inside the forever-loop of the coupling tests
+        left = time.monotonic()
+    assert time.monotonic() - left < 2, "leaving the block must not wait for the child"
+    for pid in children:
+        assert _wait_for(lambda pid=pid: not _alive(pid), timeout=2), f"child {pid} survived"
+    worker.join(5)
+    assert not worker.is_alive(), "the run in flight must end, not start a fresh child"
+    assert isinstance(outcome[0], AutograderError) and "stopped" in str(outcome[0])
+
+
+def test_ctrl_c_in_run_kills_its_child(
+    assignment: Assignment, supervisor: Supervisor, tmp_path: Path
+) -> None:
+    """Ctrl-C while ``run`` waits on a child (main thread): the child dies with the run."""
+    workspace = hostile(assignment, "loops_forever", tmp_path)
+    main, seen = threading.get_ident(), []
+
+    def press_ctrl_c() -> None:
+        seen.extend(_wait_for(supervisor.running, timeout=60))
+        time.sleep(1.0)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.run(workspace, parts=["coupling"])
+    assert seen and supervisor.running() == []
+    for pid in seen:
+        assert _wait_for(lambda pid=pid: not _alive(pid), timeout=2), f"child {pid} survived"
+
+
+def _run_or_error(supervisor: Supervisor, workspace: Path) -> BaseException | SuiteRun:
+    try:
+        return supervisor.run(workspace, parts=["coupling"])
+    except AutograderError as error:
+        return error
+
+
+def _wait_for(condition: Callable[[], T], timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for the fork server to reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

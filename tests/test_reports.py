@@ -19,13 +19,14 @@ from autograder.grading.plots import EXPECTED_MODELS, draw_pictures
 from autograder.grading.reports import (
     SubmissionReport,
     display_name,
+    feedback_markdown,
     format_table,
     grades_row,
     gradescope_results,
     write_grades_csv,
     write_reports,
 )
-from autograder.grading.scoring import score
+from autograder.grading.scoring import NOTEBOOK_PART, score
 from tests.conftest import ASSIGNMENT, REPO
 
 SCHEMA = json.loads((REPO / "tests" / "gradescope_results.schema.json").read_text())
@@ -240,3 +241,39 @@ def test_atomic_write_leaves_old_file_on_failure(
 )
 def test_parametrized_tests_show_their_case(nodeid: str, name: str, shown: str) -> None:
     assert display_name(models.TestOutcome(nodeid, name, "maf", 1.0, "passed")) == shown
+
+
+@pytest.fixture(scope="module")
+def with_written_answer(assignment: Assignment, run: SuiteRun) -> SubmissionReport:
+    """The run above plus the notebook: one autograded cell passed, one written answer pending."""
+    notebook = [
+        models.TestOutcome("explore.ipynb::plot", "density plot", NOTEBOOK_PART, 1.0, "passed"),
+        models.TestOutcome(
+            "explore.ipynb::why", "why log-det is O(d)", NOTEBOOK_PART, 1.0, "pending", ""
+        ),
+    ]
+    tests = SuiteRun(tests=[*run.tests, *notebook], flags=run.flags)
+    return SubmissionReport(name="dana", score=score(assignment, tests))
+
+
+def test_pending_answer_is_not_failed_in_results(
+    assignment: Assignment, with_written_answer: SubmissionReport
+) -> None:
+    results = gradescope_results(assignment, with_written_answer)
+    jsonschema.validate(results, SCHEMA)
+    (pending,) = [t for t in results["tests"] if "why log-det" in t["name"]]
+    assert "status" not in pending, "Gradescope knows only passed/failed; pending is neither"
+    assert pending["score"] == 0 and pending["max_score"] > 0
+    assert "graded by a TA" in pending["output"]
+    failed = [t["name"] for t in results["tests"] if t.get("status") == "failed"]
+    assert failed == ["[coupling] log-dets negate"]
+
+
+def test_pending_answer_is_not_listed_to_fix(
+    assignment: Assignment, with_written_answer: SubmissionReport, tmp_path: Path
+) -> None:
+    text = feedback_markdown(assignment, with_written_answer, base=tmp_path)
+    section = text.split(f"## {NOTEBOOK_PART}:")[1]
+    assert "To fix" not in section
+    assert "Graded by a TA (pending" in section and "why log-det is O(d)" in section
+    assert "- density plot" in section  # the autograded cell, under Passed

@@ -26,7 +26,7 @@ from autograder.config import Assignment
 from autograder.grading import atomic
 from autograder.grading.models import TestOutcome
 from autograder.grading.plots import Pictures
-from autograder.grading.scoring import NOTEBOOK_PART, PartScore, Score, part_points
+from autograder.grading.scoring import NOTEBOOK_PART, PartScore, Score, ScoredTest, part_points
 
 RESULTS = "results.json"
 FEEDBACK_MD = "feedback.md"
@@ -40,6 +40,8 @@ _STATUS_HINTS = {
     "timeout": "your code ran past the time limit (an endless loop, or far too slow)",
     "crashed": "the process running your code died (it exited or went past the memory cap)",
 }
+# A written answer in the notebook, scored later by hand (status "pending").
+PENDING_OUTPUT = "graded by a TA (pending): the points appear once a TA has scored it"
 _MAX_MESSAGE_LINES = 25
 _MAX_MESSAGE_CHARS = 2000
 
@@ -72,23 +74,26 @@ def gradescope_results(assignment: Assignment, report: SubmissionReport) -> dict
     """The submission's result in Gradescope's ``results.json`` format.
 
     Skipped tests (e.g. the GPU variant on a CPU host) are worth nothing and are left out.
+    A pending test (a written answer a TA scores later) has score 0 and no ``status``: Gradescope
+    knows only passed/failed, and it has failed nothing.
     """
     tests = []
     for part_number, part in enumerate(report.score.parts.values(), start=1):
         ran = [t for t in part.tests if t.outcome.status != "skipped"]
         for test_number, test in enumerate(ran, start=1):
-            tests.append(
-                {
-                    "name": f"[{part.part}] {display_name(test.outcome)}",
-                    "number": f"{part_number}.{test_number}",
-                    "score": _round(test.points),
-                    "max_score": _round(test.max_points),
-                    "status": "passed" if test.outcome.passed else "failed",
-                    "visibility": assignment.hidden_tests_visibility,
-                    "output": _test_output(test.outcome, report.error),
-                    "tags": [part.part],
-                }
-            )
+            entry = {
+                "name": f"[{part.part}] {display_name(test.outcome)}",
+                "number": f"{part_number}.{test_number}",
+                "score": _round(test.points),
+                "max_score": _round(test.max_points),
+                "status": "passed" if test.outcome.passed else "failed",
+                "visibility": assignment.hidden_tests_visibility,
+                "output": _test_output(test.outcome, report.error),
+                "tags": [part.part],
+            }
+            if _pending(test):
+                del entry["status"]
+            tests.append(entry)
     return {
         "score": _round(report.score.total),
         "execution_time": round(report.wall_time_s),
@@ -120,6 +125,8 @@ def _test_output(outcome: TestOutcome, error: str | None) -> str:
         return f"not graded: {error}"
     if outcome.passed:
         return "passed"
+    if outcome.status == "pending":
+        return PENDING_OUTPUT
     hint = _STATUS_HINTS.get(outcome.status, outcome.status)
     message = student_message(outcome.message)
     return f"{hint}.\n{message}" if message else f"{hint}."
@@ -190,9 +197,10 @@ def _part_section(assignment: Assignment, part: PartScore) -> list[str]:
         return [*out, f"No test of this part ran; look at `{where}`.", ""]
     if part.passed:
         out += ["Passed:", ""] + [f"- {display_name(t.outcome)}" for t in part.passed] + [""]
-    if part.failed:
+    failed = [t for t in part.failed if not _pending(t)]
+    if failed:
         out += ["To fix:", ""]
-        for test in part.failed:
+        for test in failed:
             outcome = test.outcome
             points = _pts(test.max_points)
             out.append(f"- **{display_name(outcome)}** ({points} points): {_hint(outcome)}.")
@@ -201,10 +209,19 @@ def _part_section(assignment: Assignment, part: PartScore) -> list[str]:
             if message:
                 out += ["", "  ```text", *(f"  {line}" for line in message.splitlines()), "  ```"]
         out.append("")
+    pending = [t for t in part.tests if _pending(t)]
+    if pending:
+        out += ["Graded by a TA (pending; the points appear once scored):", ""]
+        out += [f"- {display_name(t.outcome)} ({_pts(t.max_points)} points)" for t in pending]
+        out.append("")
     if part.skipped:
         out += ["Not run on this grading host (they cost you nothing):", ""]
         out += [f"- {display_name(t.outcome)}" for t in part.skipped] + [""]
     return out
+
+
+def _pending(test: ScoredTest) -> bool:
+    return test.outcome.status == "pending"
 
 
 def _hint(outcome: TestOutcome) -> str:

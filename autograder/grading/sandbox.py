@@ -140,7 +140,10 @@ def drop_privileges(scratch: Path, user: str = "nobody") -> str | None:
     Skipped (None) when not root, or when the interpreter lives where other users cannot read it
     (e.g. under ``/root``): the unprivileged process could not import anything lazily.
     """
-    if os.geteuid() != 0 or not _open_to_others(Path(sys.prefix).resolve()):
+    # A virtual environment's prefix may be open while the standard library it links to (the
+    # base prefix) is not: every place Python imports from must be open to others.
+    roots = {sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)}
+    if os.geteuid() != 0 or not all(_open_to_others(Path(r).resolve()) for r in roots):
         return None
     import pwd
 

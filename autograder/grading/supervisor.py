@@ -10,13 +10,15 @@ the OOM killer), that test is recorded as ``timeout``/``crashed`` with a flag, t
 group is killed, and a fresh child runs the tests not yet graded. A part that times out twice
 forfeits its remaining tests, so a forever-loop costs at most two test timeouts per part; the
 submission as a whole stops at ``limits.submission_timeout_s``. Every collected test gets an
-outcome.
+outcome. Leaving the ``with`` block (Ctrl-C included) kills every child still running.
 """
 
 from __future__ import annotations
 
 import ast
+import compileall
 import contextlib
+import json
 import multiprocessing
 import os
 import select
@@ -29,14 +31,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from _pytest.config import default_plugins
+
 from autograder.config import Assignment, Limits
 from autograder.errors import AutograderError
 from autograder.grading import runner
 from autograder.grading.models import Artifact, SuiteRun, TestOutcome
 
 # torch._dynamo rebinds torch.manual_seed & co. when first imported (lazily, by optimizers):
-# import it up front so that it happens before the snapshot, not during a test.
-PRELOAD = ["torch", "torch._dynamo", "numpy", "pytest", "autograder.grading.runner"]
+# import it up front so that it happens before the snapshot, not during a test. pytest imports
+# its built-in plugins in every pytest.main; here once, in the server, for every child.
+PRELOAD = [
+    "torch",
+    "torch._dynamo",
+    "numpy",
+    "pytest",
+    *(f"_pytest.{name}" for name in default_plugins),
+    "autograder.grading.runner",
+]
 STATUSES = ("passed", "failed", "error", "skipped")
 MAX_LINE = 16 * 1024 * 1024  # bytes of one message: artifacts are density grids, not more
 MAX_LOG = 20_000  # characters of the child's output kept in SuiteRun.log
@@ -75,6 +87,37 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
+class _Children:
+    """The grading children running now, so that closing the supervisor kills them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[multiprocessing.process.BaseProcess] = set()
+        self.closed = False
+
+    def start(self, process: multiprocessing.process.BaseProcess) -> None:
+        with self._lock:  # no child may start after kill_all has looked
+            if self.closed:
+                raise AutograderError("grading stopped: the supervisor was closed")
+            process.start()
+            self._running.add(process)
+
+    def forget(self, process: multiprocessing.process.BaseProcess) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in self._running if p.pid is not None]
+
+    def kill_all(self) -> None:
+        """Kill every running child's process group, and refuse to start new ones."""
+        with self._lock:
+            self.closed = True
+            for process in self._running:
+                _kill(process)
+
+
 class Supervisor:
     """Runs the hidden suites on prepared workspaces; ``run`` may be called from many threads."""
 
@@ -97,10 +140,14 @@ class Supervisor:
         if start_method == "forkserver":
             self._context.set_forkserver_preload(PRELOAD)
         self._base: Path | None = None
+        self._children = _Children()
 
     def __enter__(self) -> Supervisor:
         self._base = Path(tempfile.mkdtemp(prefix="autograder-"))
         self._base.chmod(0o711)  # the unprivileged child may pass through, not list
+        self._children = _Children()
+        # Children never write bytecode: compiled once here, the hidden tests load from it.
+        compileall.compile_dir(self.tests_dir, quiet=2)
         if self._context.get_start_method() == "forkserver":
             from multiprocessing import forkserver
 
@@ -118,9 +165,15 @@ class Supervisor:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # The runs still in flight (other threads, after Ctrl-C) end with an AutograderError.
+        self._children.kill_all()
         if self._base is not None:
             shutil.rmtree(self._base, ignore_errors=True)
             self._base = None
+
+    def running(self) -> list[int]:
+        """Process ids of the grading children running now."""
+        return self._children.pids()
 
     def run(self, workspace: Path, *, parts: list[str] | None = None) -> SuiteRun:
         """Grade ``workspace`` (a folder holding ``flows/``) and return every test's outcome."""
@@ -144,7 +197,9 @@ class Supervisor:
                 threads=self.threads,
                 cuda_devices=device,
             )
-            grading = _Grading(job, deadline=started + self.limits.submission_timeout_s)
+            grading = _Grading(
+                job, self._children, deadline=started + self.limits.submission_timeout_s
+            )
             grading.until_done(self._context)
             suite = grading.suite()
             suite.log = _tail(job.log_path)
@@ -183,6 +238,7 @@ class _Grading:
     """The parent's bookkeeping for one submission across its successive children."""
 
     job: runner.Job
+    children: _Children
     deadline: float
     tests: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # id -> name,part,w
     outcomes: dict[str, TestOutcome] = field(default_factory=dict)
@@ -225,34 +281,26 @@ class _Grading:
     def _attempt(self, context: multiprocessing.context.BaseContext, first: bool) -> _Attempt:
         reader, writer = context.Pipe(duplex=False)
         process = context.Process(target=runner.child_main, args=(self.job, writer), daemon=True)
-        process.start()
-        writer.close()
-        channel = _Channel(self, first)
         attempt = _Attempt()
-        fd = reader.fileno()
-        limit = self.job.limits.test_timeout_s
-        phase_start = time.monotonic()
-        try:
-            while not attempt.done:
-                wait = min(phase_start + limit, self.deadline) - time.monotonic()
-                ready, _, _ = select.select([fd], [], [], max(0.0, wait))
-                if not ready:
-                    attempt.timed_out = True
-                    break
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                if channel.feed(chunk, attempt):
-                    phase_start = time.monotonic()
+        try:  # whatever happens from here (Ctrl-C included), the child does not outlive this call
+            try:
+                self.children.start(process)
+            finally:
+                writer.close()
+            self._listen(reader.fileno(), _Channel(self, first), attempt)
         finally:
             reader.close()
-            _kill(process)  # done or not: nothing more is needed from it, and exit takes time
-            process.join(5)
-            if process.is_alive():
-                _kill(process)
-                process.join()
-            attempt.exitcode = process.exitcode
+            if process.pid is not None:
+                _kill(process)  # done or not: nothing more is needed from it; exit takes time
+                process.join(5)
+                if process.is_alive():
+                    _kill(process)
+                    process.join()
+                attempt.exitcode = process.exitcode
+            self.children.forget(process)
             process.close()
+        if self.children.closed:
+            raise AutograderError("grading stopped: the supervisor was closed")
         if not attempt.student_ran and not attempt.done:
             # Nothing of the submission ran yet: the grader or the hidden suite is broken.
             log = _tail(self.job.log_path)[-2000:]
@@ -261,6 +309,22 @@ class _Grading:
                 f"(child exit status {attempt.exitcode}); its log:\n{log}"
             )
         return attempt
+
+    def _listen(self, fd: int, channel: _Channel, attempt: _Attempt) -> None:
+        """Read the child's messages until it is done, dies, or a test outlives its clock."""
+        limit = self.job.limits.test_timeout_s
+        phase_start = time.monotonic()
+        while not attempt.done:
+            wait = min(phase_start + limit, self.deadline) - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, wait))
+            if not ready:
+                attempt.timed_out = True
+                return
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            if channel.feed(chunk, attempt):
+                phase_start = time.monotonic()
 
     def _settle(self, attempt: _Attempt) -> None:
         """Give the test (or part) a child died or hung in its outcome, and its flags."""
@@ -273,6 +337,7 @@ class _Grading:
                 return
             current = pending[0]  # the child died between tests: blame the next one to progress
         limit = f"{self.job.limits.test_timeout_s:g}"
+        death = _death(attempt.exitcode, self.job.limits.memory_mb)
         if current.startswith("import:"):
             part = current.removeprefix("import:")
             self.job.skip_imports.add(part)
@@ -283,8 +348,8 @@ class _Grading:
                 status = "timeout"
                 self.timeouts[part] = TIMEOUTS_PER_PART
             else:
-                self.flag(f"{_death(attempt.exitcode)} while importing {part}.py")
-                message = f"importing {part}.py ended the process ({_death(attempt.exitcode)})"
+                self.flag(f"{death} while importing {part}.py")
+                message = f"importing {part}.py ended the process ({death})"
                 status = "crashed"
             for nodeid in victims:
                 self.record(nodeid, status, message)
@@ -298,15 +363,15 @@ class _Grading:
                 for nodeid in [t for t in self.pending() if self.tests[t][1] == part]:
                     self.record(nodeid, "failed", f"not run: {part} already timed out twice")
         else:
-            self.flag(f"{_death(attempt.exitcode)} during {current}")
+            self.flag(f"{death} during {current}")
             self.record(
                 current,
                 "crashed",
-                f"the process ended during this test ({_death(attempt.exitcode)})",
+                f"the process ended during this test ({death})",
             )
 
 
-def _death(exitcode: int | None) -> str:
+def _death(exitcode: int | None, memory_mb: int) -> str:
     if exitcode is None:
         return "lost the process"
     if exitcode >= 0:
@@ -317,7 +382,7 @@ def _death(exitcode: int | None) -> str:
     except ValueError:
         name = f"signal {number}"
     if number == signal.SIGKILL:
-        return f"killed by {name} (memory exhausted?)"
+        return f"killed by {name} (past the memory limit of {memory_mb} MB?)"
     return f"crashed ({name})"
 
 
@@ -369,7 +434,7 @@ class _Channel:
         handler = getattr(self, f"on_{message[0]}", None)
         try:
             return bool(handler and handler(attempt, *message[1:]) is not False)
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, RecursionError):
             return False
 
     def on_hello(self, attempt: _Attempt, tests: list) -> bool:
@@ -405,8 +470,13 @@ class _Channel:
         attempt.student_ran = True
         return True
 
-    def on_artifact(self, attempt: _Attempt, name: str, data: dict) -> bool:
+    def on_artifact(self, attempt: _Attempt, name: str, text: str) -> bool:
         if attempt.current is None or attempt.current.startswith("import:"):
+            return False
+        if len(self.grading.artifacts) >= runner.MAX_ARTIFACTS:
+            return False
+        data = json.loads(text)  # JSON text (see runner); ValueError: not a valid message
+        if not isinstance(data, dict):
             return False
         self.grading.artifacts.append(Artifact(str(name), data))
         return True

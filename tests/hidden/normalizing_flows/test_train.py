@@ -19,7 +19,10 @@ from flows.base import Flow, Reverse, standard_normal
 from flows.data import two_moons
 
 THRESHOLD = 0.6  # nats, held-out
-SEEDS = (0, 1)  # a second seed before failing: one unlucky run must not cost the points
+# More seeds before failing: one unlucky run must not cost the points. A correct train with
+# Adam's defaults ends above 0.6 on about 1 seed in 10 (seeds 0-9, 2000 steps); three tries
+# make a false failure rare (~0.1%) while a wrong train still fails all three.
+SEEDS = (0, 1, 2)
 # 2000 steps, not fewer: at 1000 a correct train with Adam's default betas still falls ~0.03
 # nats per 50 steps and ended above 0.6 on 5 of 10 seeds. At 2000 it reaches 0.36-0.52 (seeds
 # 0-4), about 8-10 s of CPU per model.
