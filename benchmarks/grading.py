@@ -163,10 +163,10 @@ def run(quick: bool) -> list[Row]:
             "nbgrader autograde", "s", "", single_problem or nb_problem,
         ),
         Row(
-            "grading", "grader overhead per submission (wall - test bodies)",
-            _nan_if(single_problem, overhead), OVERHEAD_TARGET_S, "target", "s",
-            f"< {OVERHEAD_TARGET_S} s", single_problem
-            or verdict(overhead < OVERHEAD_TARGET_S, f"{overhead - OVERHEAD_TARGET_S:.2f} s"),
+            # One `autograder grade` call pays its start-up once (interpreter, torch, the warm
+            # fork server): that is in the single submission's wall time, not per submission.
+            "grading", "1 submission: wall - test bodies (start-up included)",
+            _nan_if(single_problem, overhead), single, "its wall time", "s", "", single_problem,
         ),
     ]  # fmt: skip
     one, two = batches[1], batches[2]
@@ -178,6 +178,7 @@ def run(quick: bool) -> list[Row]:
             problem or verdict(two.wall_s < one.wall_s, f"{two.wall_s - one.wall_s:.1f} s"),
         ),
         Row(
+            # The median over the batch: each submission's own cost once the fork server is warm.
             "grading", f"batch of {batch}: grader overhead per submission, --jobs 2 vs --jobs 1",
             two.overhead_s, one.overhead_s, "--jobs 1", "s", f"< {OVERHEAD_TARGET_S} s",
             problem or verdict(two.overhead_s < OVERHEAD_TARGET_S,

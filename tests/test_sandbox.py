@@ -145,8 +145,8 @@ def test_device_pool_gives_each_child_its_own_gpu() -> None:
     assert DevicePool([]).acquire() is None, "no GPU: CUDA_VISIBLE_DEVICES is left alone"
 
 
-# A hidden suite of its own: one test records a full-size density artifact (brief convention 4),
-# one records more artifacts than a run may keep.
+# A hidden suite of its own: one test records a full-size density artifact (as
+# `density_artifacts` in the hidden test_train.py does), one more artifacts than a run may keep.
 ARTIFACT_SUITE = {
     "conftest.py": """
 def pytest_addoption(parser):

@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 from autograder.grading import atomic  # noqa: E402
 from autograder.grading.models import Artifact  # noqa: E402
 
-# The models the training tests record (brief convention 4); one picture each.
+# The models the training tests record (`density_artifacts` in the hidden test_train.py);
+# one picture each.
 EXPECTED_MODELS = ("RealNVP", "MAF")
 _KINDS = ("density", "losses")
 
