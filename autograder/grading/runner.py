@@ -44,7 +44,7 @@ PLUGIN_NAME = "autograder_runner"
 MAX_MESSAGE = 2000  # characters of a failure message
 # A density artifact (`density_artifacts` in the hidden test_train.py) is ~10.2k items: a
 # 64 x 64 grid, <= 1000 data and <= 1000 sample points, a few scalars; a loss curve is <= 500.
-# Twice that is allowed, per artifact; a run records 2 models x (density + losses), again per seed when a fit is retried.
+# Twice that is allowed, per artifact; a run records 2 models x (density + losses).
 MAX_ARTIFACT_ITEMS = 20_000  # values (containers included) kept of one artifact; the rest: None
 MAX_ARTIFACTS = 16  # artifacts kept of one submission's run; later ones are dropped
 PACKAGE = "flows"
