@@ -43,7 +43,7 @@ def graded(tmp_path_factory) -> dict[str, tuple]:
         jobs.append(
             (mutant.name, materialize(ASSIGNMENT, mutant.name, root / mutant.name), [mutant.part])
         )
-    with Supervisor(ASSIGNMENT, jobs=2) as supervisor, ThreadPoolExecutor(2) as pool:
+    with Supervisor(ASSIGNMENT) as supervisor, ThreadPoolExecutor(2) as pool:
         futures = {
             name: pool.submit(_grade, supervisor, path, root / f"{name}-scratch", parts)
             for name, path, parts in jobs

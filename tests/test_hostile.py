@@ -167,7 +167,7 @@ def assignment() -> Assignment:
 
 @pytest.fixture(scope="module")
 def supervisor(assignment: Assignment):
-    with Supervisor(assignment, jobs=1, limits=LIMITS) as supervisor:
+    with Supervisor(assignment, limits=LIMITS) as supervisor:
         yield supervisor
 
 

@@ -174,7 +174,7 @@ def grade_batch(
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, GradedSubmission] = {}
     bar = tqdm(total=len(names), desc="grading", unit="sub", file=sys.stderr, disable=not progress)
-    with _OnDemand(lambda: Supervisor(assignment, jobs=jobs)) as supervisor, bar:
+    with _OnDemand(lambda: Supervisor(assignment)) as supervisor, bar:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
             futures = [

@@ -89,7 +89,9 @@ def _draw_model(model: str, kinds: dict[str, dict[str, Any]], path: Path) -> Pat
         else:
             _empty(ax_loss, "no loss curve recorded")
         fig.suptitle(f"{model}: what your flow learned")
-        fig.tight_layout()
+        # Fixed margins, not tight_layout: its extra layout pass doubled the drawing time, which
+        # every graded submission pays.
+        fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.84, wspace=0.18)
         _save_atomic(fig, path)
     finally:
         plt.close(fig)
