@@ -10,12 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from autograder.config import Assignment, load_course
+from autograder.config import Assignment, Course, load_course
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "normalizing_flows"
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def course() -> Course:
+    """The repository's own ``course.yml``."""
+    return load_course(REPO)
+
+
+@pytest.fixture(scope="session")
+def assignment(course: Course) -> Assignment:
+    """The repository's assignment, as its ``course.yml`` describes it."""
+    return course.assignment(ASSIGNMENT)
 
 
 @pytest.fixture

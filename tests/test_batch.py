@@ -15,7 +15,7 @@ import jsonschema
 import matplotlib.image
 import pytest
 
-from autograder.config import Assignment, Course, load_course
+from autograder.config import Assignment, Course
 from autograder.errors import AutograderError
 from autograder.examples import REFERENCE, STUBS, materialize
 from autograder.grading import models
@@ -26,7 +26,7 @@ from autograder.grading.batch import (
     StageContext,
     grade_batch,
 )
-from tests.conftest import ASSIGNMENT, REPO
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,6 @@ SCHEMA = json.loads((REPO / "tests" / "gradescope_results.schema.json").read_tex
 BROKEN = "broken"
 # The batch's own pipeline; the notebook stage and the gradebook sink have their own tests.
 OPTIONS = {"jobs": 2, "progress": False, "extensions": Extensions()}
-
-
-@pytest.fixture(scope="module")
-def course() -> Course:
-    return load_course(REPO)
-
-
-@pytest.fixture(scope="module")
-def assignment(course: Course) -> Assignment:
-    return course.assignment(ASSIGNMENT)
 
 
 @pytest.fixture(scope="module")

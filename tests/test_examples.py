@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from autograder.config import Assignment, load_course
+from autograder.config import Assignment
 from autograder.errors import AutograderError
 from autograder.examples import load_specs, materialize
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment("normalizing_flows")
 
 
 def student_files(assignment: Assignment) -> list[str]:

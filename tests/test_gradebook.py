@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from nbgrader.api import Gradebook
 
-from autograder.config import Assignment, Course, load_course
+from autograder.config import Assignment, Course
 from autograder.gradebook import (
     MODULES_NOTEBOOK,
     RECEIPT,
@@ -33,7 +33,6 @@ from autograder.grading.batch import GradedSubmission
 from autograder.grading.reports import SubmissionReport
 from autograder.grading.scoring import score
 from autograder.notebook import grade_cells, notebook_id
-from tests.conftest import ASSIGNMENT, REPO
 
 # nbgrader's CsvExportPlugin columns, in its order.
 NBGRADER_CSV_COLUMNS = [
@@ -49,16 +48,6 @@ NBGRADER_CSV_COLUMNS = [
     "score",
     "max_score",
 ]
-
-
-@pytest.fixture(scope="module")
-def course() -> Course:
-    return load_course(REPO)
-
-
-@pytest.fixture(scope="module")
-def assignment(course: Course) -> Assignment:
-    return course.assignment(ASSIGNMENT)
 
 
 @pytest.fixture(scope="module")

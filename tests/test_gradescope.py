@@ -13,17 +13,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from autograder.config import Assignment, load_course
+from autograder.config import Assignment
 from autograder.examples import REFERENCE, materialize
 from autograder.gradescope import write_gradescope_zip
 from tests.conftest import ASSIGNMENT, REPO
 
 SCHEMA = json.loads((REPO / "tests" / "gradescope_results.schema.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment(ASSIGNMENT)
 
 
 @pytest.fixture(scope="module")

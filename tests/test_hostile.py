@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import pytest
 
-from autograder.config import Assignment, Limits, load_course
+from autograder.config import Assignment, Limits
 from autograder.errors import AutograderError
 from autograder.grading.models import SuiteRun
 from autograder.grading.supervisor import Supervisor
@@ -158,11 +158,6 @@ EXPECTED: dict[str, tuple[list[str], str | None, list[str]]] = {
         ["exited the interpreter: sys.exit at import of coupling.py"],
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment("normalizing_flows")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.config import Assignment, Course, load_course
+from autograder.config import Assignment, Course
 from autograder.examples import STUBS, materialize
 from autograder.grading import models
 from autograder.grading.batch import Extensions, StageContext, default_extensions, grade_batch
 from autograder.grading.notebook_stage import find_submitted_notebook, notebook_fingerprint
 from autograder.notebook import grade_cells, release_notebook, solution_notebook
-from tests.conftest import ASSIGNMENT, REPO
+from tests.conftest import ASSIGNMENT
 
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
 HIDDEN_MARKERS = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
@@ -33,16 +33,6 @@ HIDDEN_MARKERS = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
 SOLUTION_TEXT = "x_next, y_next = x.roll(-1, dims=-1)"
 HIDDEN_TEXT = "flip = Affine(torch.tensor([[-3.0]])"
 ANSWER_TEXT = "MADE pass per feature"
-
-
-@pytest.fixture(scope="module")
-def course() -> Course:
-    return load_course(REPO)
-
-
-@pytest.fixture(scope="module")
-def assignment(course: Course) -> Assignment:
-    return course.assignment(ASSIGNMENT)
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ASSIGNMENT, REPO
 
-from autograder.config import Assignment, load_course
+from autograder.config import Assignment
 
 NOT_IMPLEMENTED = re.compile(r"^not implemented yet: (\w+)\.[\w.]+$")
 SECTION = re.compile(r"^=+ (.+?) =+$")
 TEST_HEADER = re.compile(r"^_+ (.+?) _+$")
-
-
-@pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment(ASSIGNMENT)
 
 
 def run_public_tests(folder: Path) -> subprocess.CompletedProcess[str]:

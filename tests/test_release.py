@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ASSIGNMENT, REPO, CliRunner
+from conftest import ASSIGNMENT, CliRunner
 
 from autograder.build import build_assignment
 from autograder.config import Assignment, load_course
@@ -18,11 +18,6 @@ from autograder.release import release_solutions, release_student
 # Written independently of autograder.markers, so a bug there cannot hide a leak here.
 FORBIDDEN_IN_STUDENT_FILES = ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS")
 DAY = dt.timedelta(days=1)
-
-
-@pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment(ASSIGNMENT)
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -12,7 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from autograder.config import Assignment, load_course
+from autograder.config import Assignment
 from autograder.grading import atomic, models
 from autograder.grading.models import Artifact, SuiteRun
 from autograder.grading.plots import EXPECTED_MODELS, draw_pictures
@@ -27,7 +27,7 @@ from autograder.grading.reports import (
     write_reports,
 )
 from autograder.grading.scoring import NOTEBOOK_PART, score
-from tests.conftest import ASSIGNMENT, REPO
+from tests.conftest import REPO
 
 SCHEMA = json.loads((REPO / "tests" / "gradescope_results.schema.json").read_text())
 # A failure message as a careless test might leave it: the student part, then test internals.
@@ -37,11 +37,6 @@ LEAKY_MESSAGE = (
     '  File "/x/tests/hidden/normalizing_flows/test_coupling.py", line 40\n'
     "    assert torch.allclose(ld_f, -ld_inv), secret_helper(layer)\n"
 )
-
-
-@pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment(ASSIGNMENT)
 
 
 def density_artifacts(model: str) -> list[Artifact]:

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from autograder.config import Assignment, load_course
+from autograder.config import Assignment
 from autograder.grading import models
 from autograder.grading.models import SuiteRun
 from autograder.grading.scoring import NOTEBOOK_PART, score
-from tests.conftest import ASSIGNMENT, REPO
-
-
-@pytest.fixture(scope="module")
-def assignment() -> Assignment:
-    return load_course(REPO).assignment(ASSIGNMENT)
 
 
 def outcome(
