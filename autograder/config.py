@@ -16,6 +16,8 @@ import yaml
 from autograder.errors import AutograderError
 
 COURSE_FILE = "course.yml"
+# The student package every assignment ships (CONTRACT.md): ``<assignment>/flows/<part>.py``.
+PACKAGE = "flows"
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
 
 

@@ -25,12 +25,11 @@ from typing import Any, Literal
 
 import yaml
 
-from autograder.config import Assignment
+from autograder.config import PACKAGE, Assignment
 from autograder.errors import AutograderError
 
 Kind = Literal["mutants", "hostile"]
 KINDS: tuple[Kind, ...] = ("mutants", "hostile")
-PACKAGE = "flows"
 # Built-in examples that need no spec: the reference itself and the released stubs.
 REFERENCE, STUBS = "reference", "stubs"
 _KEYS = {"name", "part", "file", "replace", "append", "description", "demo", "expect"}

@@ -47,7 +47,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from autograder.config import Assignment, Course
+from autograder.config import PACKAGE, Assignment, Course
 from autograder.errors import AutograderError
 from autograder.gradebook import GradebookSink
 from autograder.grading import atomic
@@ -65,7 +65,7 @@ from autograder.grading.reports import (
 )
 from autograder.grading.scoring import Score, part_points, score
 from autograder.grading.supervisor import Supervisor
-from autograder.grading.unpack import PACKAGE, StudentFiles, SubmissionError, collect_submission
+from autograder.grading.unpack import StudentFiles, SubmissionError, collect_submission
 from autograder.grading.workspace import prepare_workspace, student_file_names
 from autograder.notebook import has_notebook
 

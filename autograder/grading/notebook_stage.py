@@ -36,11 +36,11 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autograder.config import Assignment, Course
+from autograder.config import PACKAGE, Assignment, Course
 from autograder.errors import AutograderError
 from autograder.grading.models import TestOutcome
 from autograder.grading.scoring import NOTEBOOK_PART
-from autograder.grading.unpack import PACKAGE, collect_submission
+from autograder.grading.unpack import collect_submission
 from autograder.notebook import (
     GradeCell,
     course_directory,

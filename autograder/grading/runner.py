@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from autograder.config import Limits
+from autograder.config import PACKAGE, Limits
 from autograder.grading import sandbox
 
 PLUGIN_NAME = "autograder_runner"
@@ -47,7 +47,6 @@ MAX_MESSAGE = 2000  # characters of a failure message
 # Twice that is allowed, per artifact; a run records 2 models x (density + losses).
 MAX_ARTIFACT_ITEMS = 20_000  # values (containers included) kept of one artifact; the rest: None
 MAX_ARTIFACTS = 16  # artifacts kept of one submission's run; later ones are dropped
-PACKAGE = "flows"
 _getframe = sys._getframe  # bound now: the submission may rebind sys._getframe
 
 

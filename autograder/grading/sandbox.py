@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from autograder.config import Limits
+from autograder.config import PACKAGE, Limits
 
 MAX_FILE_SIZE = 256 * 1024 * 1024  # RLIMIT_FSIZE: no single file written may exceed this
 CLONE_NEWNET = 0x40000000
@@ -280,7 +280,7 @@ class _Guard:
             return None
         owner = target if isinstance(target, type) else type(target)
         module = getattr(target, "__module__", None) or getattr(owner, "__module__", "")
-        if isinstance(module, str) and module.split(".")[0] == "flows":
+        if isinstance(module, str) and module.split(".")[0] == PACKAGE:
             return None
         return f"setting {getattr(owner, '__qualname__', '?')}.{name}"
 

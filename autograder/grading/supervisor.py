@@ -33,7 +33,7 @@ from types import TracebackType
 
 from _pytest.config import default_plugins
 
-from autograder.config import Assignment, Limits
+from autograder.config import PACKAGE, Assignment, Limits
 from autograder.errors import AutograderError
 from autograder.grading import runner
 from autograder.grading.models import Artifact, SuiteRun, TestOutcome
@@ -187,7 +187,7 @@ class Supervisor:
         device = self.devices.acquire()
         try:
             scratch = run_dir / "scratch"
-            shutil.copytree(Path(workspace) / runner.PACKAGE, scratch / "submission" / "flows")
+            shutil.copytree(Path(workspace) / PACKAGE, scratch / "submission" / PACKAGE)
             job = runner.Job(
                 submission=scratch / "submission",
                 scratch=scratch,

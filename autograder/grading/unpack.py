@@ -20,9 +20,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from autograder.config import PACKAGE
 from autograder.errors import AutograderError
 
-PACKAGE = "flows"
 MAX_FILE_BYTES = 2 * 1024 * 1024  # a student file larger than this is not source code
 MAX_TOTAL_BYTES = 64 * 1024 * 1024  # uncompressed bytes read from one zip, all entries together
 

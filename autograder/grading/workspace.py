@@ -11,9 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from autograder.config import Assignment
+from autograder.config import PACKAGE, Assignment
 from autograder.errors import AutograderError
-from autograder.grading.unpack import PACKAGE, StudentFiles
+from autograder.grading.unpack import StudentFiles
 
 
 def student_file_names(assignment: Assignment) -> list[str]:
