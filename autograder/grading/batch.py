@@ -252,6 +252,10 @@ class _BatchGrader:
         self.parts, self.extensions = parts, extensions
         self.course_digest = _course_digest(assignment, parts)
         self._csv_lock = threading.Lock()
+        # grades.csv covers every submission graded into ``out`` (earlier runs included). Their
+        # rows are read once, on the first store, not again per submission: a grading.json holds
+        # the artifacts too, and re-reading them all after each of N submissions is O(N^2).
+        self._rows: dict[str, dict[str, Any]] | None = None
         self.stopping = threading.Event()  # set when the batch is abandoned midway
 
     def grade(self, name: str, submission: Path, supervisor: _OnDemand) -> GradedSubmission:
@@ -402,8 +406,11 @@ class _BatchGrader:
             },
         )
         with self._csv_lock:
-            rows = [g["row"] for g in map(_read_grading, self.out.iterdir()) if g and "row" in g]
-            write_grades_csv(self.out / GRADES_CSV, self.assignment, rows)
+            if self._rows is None:
+                stored = ((d.name, _read_grading(d)) for d in sorted(self.out.iterdir()))
+                self._rows = {name: g["row"] for name, g in stored if g and "row" in g}
+            self._rows[graded.name] = graded.row
+            write_grades_csv(self.out / GRADES_CSV, self.assignment, list(self._rows.values()))
 
 
 class _Abandoned(Exception):
