@@ -1,19 +1,40 @@
 """``autograder gradescope``: this grader packaged as a Gradescope autograder zip.
 
-Gradescope unpacks the zip into ``/autograder/source``, runs ``setup.sh`` once to build the
-image, then ``run_autograder`` per submission with the student's upload in
+Gradescope unpacks the zip into ``/autograder/source``, runs ``setup.sh`` once (as root) to
+build the image, then ``run_autograder`` per submission with the student's upload in
 ``/autograder/submission``; the result goes to ``/autograder/results/results.json``.
-``run_autograder`` grades the upload with ``python3 -m autograder grade`` (same pipeline, same
-isolation as on a staff machine) and copies the submission's ``results.json`` there. The root
-``/autograder`` can be moved with the environment variable ``AUTOGRADER_ROOT`` (for tests).
 
-The zip holds the grader, ``course.yml``, the release's given files and the hidden suites;
-never ``solutions/``.
+**Installing** (``setup.sh``). Gradescope's base image is Ubuntu 22.04 with Python 3.10, whose
+pip refuses a root install into the system Python on newer images ("externally managed"), so
+everything goes into a virtual environment, ``/autograder/venv``. torch comes first, pinned to
+the version tested here, from PyTorch's CPU index (Gradescope has no GPU, and the CPU wheel is a
+fraction of the CUDA one); then ``pip install /autograder/source`` installs the grader with the
+lower bounds of ``pyproject.toml``'s dependencies: pyproject is the one list of what the grader
+needs, and pins copied from the staff machine may have no wheel for Python 3.10.
+
+**The notebook.** The notebook stage (:mod:`autograder.grading.notebook_stage`) needs nbgrader's
+*source* notebook: nbgrader's ``generate_assignment`` records its cells, hidden tests included,
+and ``autograde`` puts those cells back into the student's notebook before running it. The
+grader reads it from ``solutions/<assignment>/``, which the zip never ships. The source's only
+secrets beyond the hidden tests (which the zip carries anyway, as it does the hidden suites) are
+its solution regions, so the zip carries the source with every ``### BEGIN SOLUTION`` /
+``### END SOLUTION`` region *emptied*, markers kept, under ``nbgrader_source/``; ``setup.sh``
+puts it where the grader looks. nbgrader replaces an empty region with the same stub as a full
+one, so the cells recorded at grading are exactly the released notebook's, hidden tests added
+(a test checks the release it generates is byte for byte the committed one).
+
+Environment variables, for testing the scripts off Gradescope (Gradescope sets none of them):
+
+``AUTOGRADER_ROOT``          where ``/autograder`` is (both scripts)
+``AUTOGRADER_SKIP_APT=1``    ``setup.sh`` runs no ``apt-get`` (python3 with ``venv`` is there)
+``AUTOGRADER_PYTHON``        the interpreter the venv is made from (default ``python3``)
+``AUTOGRADER_TORCH_INDEX``   the index torch comes from; empty: pip's own configuration
 """
 
 from __future__ import annotations
 
 import io
+import shlex
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -21,32 +42,51 @@ from pathlib import Path
 from autograder.config import Assignment
 from autograder.errors import AutograderError
 from autograder.grading import atomic
+from autograder.notebook import has_notebook, notebook_file
 
-# The grader's runtime dependencies, pinned to the versions it is tested with here.
-PINNED = (
-    "numpy",
-    "matplotlib",
-    "pytest",
-    "pyyaml",
-    "tqdm",
-    "nbgrader",
-    "nbformat",
-    "nbclient",
-    "markdown",
-)
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# Where the zip carries the notebook source without solutions (see the module docstring).
+NOTEBOOK_SOURCE_DIR = "nbgrader_source"
+# nbgrader's default region delimiters (ClearSolutions, ClearMarkScheme); course.yml sets no others.
+_REGIONS = (("BEGIN SOLUTION", "END SOLUTION"), ("BEGIN MARK SCHEME", "END MARK SCHEME"))
 _SKIP = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 
 SETUP_SH = """\
 #!/usr/bin/env bash
-# Gradescope runs this once when it builds the autograder image.
+# Gradescope runs this once, as root, when it builds the autograder image (Ubuntu 22.04,
+# Python 3.10). Everything goes into a virtual environment: newer images refuse a root
+# `pip install` into the system Python. Off Gradescope (tests): AUTOGRADER_ROOT moves
+# /autograder, AUTOGRADER_SKIP_APT=1 skips apt-get, AUTOGRADER_PYTHON picks the interpreter,
+# AUTOGRADER_TORCH_INDEX picks torch's index (empty: pip's own configuration).
 set -euo pipefail
-cd /autograder/source
-apt-get update && apt-get install -y --no-install-recommends python3 python3-pip
-# Gradescope's hosts have no GPU: the CPU wheel of torch is a fraction of the CUDA one's size.
-pip3 install --index-url https://download.pytorch.org/whl/cpu torch=={torch}
-pip3 install {pinned}
-# The grader itself, without re-resolving its (already pinned) dependencies.
-pip3 install --no-deps .
+ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
+SOURCE="$ROOT/source"
+VENV="$ROOT/venv"
+PYTHON="${{AUTOGRADER_PYTHON:-python3}}"
+TORCH_INDEX="${{AUTOGRADER_TORCH_INDEX-{torch_index}}}"
+if [ -z "${{AUTOGRADER_SKIP_APT:-}}" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends python3 python3-venv
+fi
+"$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --no-input --disable-pip-version-check)
+"${{PIP[@]}}" --upgrade pip
+# torch first, from the CPU index: Gradescope has no GPU, and a plain `torch` requirement would
+# download the multi-GB CUDA build. The grader's own requirement (torch>=...) is then met.
+"${{PIP[@]}}" ${{TORCH_INDEX:+--index-url "$TORCH_INDEX"}} "torch=={torch}"
+# The grader and its dependencies, as pyproject.toml lists them (lower bounds).
+"${{PIP[@]}}" "$SOURCE"
+{notebook_lines}\
+echo "setup.sh: the grader is installed in $VENV"
+"""
+
+# The notebook stage reads nbgrader's source notebook from solutions/<assignment>/ (see above).
+_NOTEBOOK_LINES = """\
+# The notebook stage reads nbgrader's source notebook from solutions/; this one has its solution
+# regions emptied (the zip holds no solutions).
+mkdir -p "$SOURCE/{solution_dir}"
+cp "$SOURCE/{shipped}" "$SOURCE/{solution_dir}/{file}"
 """
 
 RUN_AUTOGRADER = """\
@@ -54,21 +94,22 @@ RUN_AUTOGRADER = """\
 # Gradescope runs this per submission; AUTOGRADER_ROOT moves /autograder (for tests).
 set -uo pipefail
 ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
+# The virtual environment setup.sh made: its python runs the grader and the notebook's kernel.
+export PATH="$ROOT/venv/bin:$PATH"
+PYTHON="$ROOT/venv/bin/python"
 OUT="$(mktemp -d)"
 mkdir -p "$ROOT/results"
 cd "$ROOT/source"
-python3 -m autograder grade {assignment} "$ROOT/submission" --out "$OUT" --jobs 1
+"$PYTHON" -m autograder grade {assignment} "$ROOT/submission" --out "$OUT" --jobs 1 \\
+    --sandbox auto --db "sqlite:///$OUT/gradebook.db"
 status=$?
 if [ -f "$OUT/submission/results.json" ]; then
     cp "$OUT/submission/results.json" "$ROOT/results/results.json"
 else
     # The grader itself failed: still hand Gradescope a valid result that says so.
-    python3 - "$ROOT/results/results.json" "$status" <<'EOF'
-import json, sys
-message = f"The autograder failed (exit status {{sys.argv[2]}}); please tell the course staff."
-result = {{"score": 0, "output": message, "tests": [], "extra_data": {{"flags": ["grader error"]}}}}
-with open(sys.argv[1], "w") as handle:
-    json.dump(result, handle)
+    cat > "$ROOT/results/results.json" <<EOF
+{{"score": 0, "tests": [], "extra_data": {{"flags": ["grader error"]}},
+ "output": "The autograder failed (exit status $status); please tell the course staff."}}
 EOF
 fi
 """
@@ -82,35 +123,81 @@ def write_gradescope_zip(assignment: Assignment, out: Path) -> Path:
         root / "autograder",
         root / "course.yml",
         root / "pyproject.toml",
-        root / "README.md",
+        root / "README.md",  # pyproject's readme: `pip install` of the source needs it
         assignment.release_dir,
         assignment.hidden_tests_dir,
     ]
     for source in sources:
         for path in _files(source):
             members[path.relative_to(root).as_posix()] = path.read_bytes()
+    if has_notebook(assignment):
+        members[shipped_notebook_path(assignment)] = notebook_without_solutions(assignment)
     leaked = [name for name in members if name.startswith("solutions/")]
     if leaked:  # a layout change must never ship the reference to students' graders
         raise AutograderError(f"{out}: refusing to package solution files: {leaked[0]}")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        _add(archive, "setup.sh", setup_script().encode(), executable=True)
-        _add(
-            archive,
-            "run_autograder",
-            RUN_AUTOGRADER.format(assignment=assignment.name).encode(),
-            executable=True,
-        )
+        _add(archive, "setup.sh", setup_script(assignment).encode(), executable=True)
+        _add(archive, "run_autograder", run_script(assignment).encode(), executable=True)
         for name, data in sorted(members.items()):
             _add(archive, name, data)
     return atomic.write_bytes(Path(out), buffer.getvalue())
 
 
-def setup_script() -> str:
-    """``setup.sh`` with torch and the grader's dependencies pinned to the installed versions."""
+def setup_script(assignment: Assignment) -> str:
+    """``setup.sh``: torch pinned to the version installed here, the rest from pyproject."""
     torch = metadata.version("torch").split("+")[0]  # "2.13.0+cpu" -> "2.13.0"
-    pinned = " ".join(f"{name}=={metadata.version(name)}" for name in PINNED)
-    return SETUP_SH.format(torch=torch, pinned=pinned)
+    notebook_lines = ""
+    if has_notebook(assignment):
+        solution_dir = assignment.solution_dir.relative_to(assignment.root).as_posix()
+        notebook_lines = _NOTEBOOK_LINES.format(
+            solution_dir=solution_dir,
+            shipped=shipped_notebook_path(assignment),
+            file=notebook_file(assignment),
+        )
+    return SETUP_SH.format(torch=torch, torch_index=TORCH_CPU_INDEX, notebook_lines=notebook_lines)
+
+
+def run_script(assignment: Assignment) -> str:
+    """``run_autograder``: grade ``/autograder/submission`` with the venv's python."""
+    return RUN_AUTOGRADER.format(assignment=shlex.quote(assignment.name))
+
+
+def shipped_notebook_path(assignment: Assignment) -> str:
+    """Where the zip carries the notebook source without solutions, e.g.
+    ``nbgrader_source/normalizing_flows/explore.ipynb``."""
+    return f"{NOTEBOOK_SOURCE_DIR}/{assignment.name}/{notebook_file(assignment)}"
+
+
+def notebook_without_solutions(assignment: Assignment) -> bytes:
+    """The nbgrader source notebook with the lines inside every solution (and mark scheme)
+    region removed, the delimiters kept, and no outputs; hidden tests stay (the autograde
+    needs them). A region left open is an error naming the notebook and the cell."""
+    import nbformat
+
+    path = assignment.solution_dir / notebook_file(assignment)
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        cell.source = _empty_regions(cell.source, f"{path}: cell {index + 1}")
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return (nbformat.writes(nb) + "\n").encode("utf-8")
+
+
+def _empty_regions(source: str, where: str) -> str:
+    kept: list[str] = []
+    open_end: str | None = None
+    for line in source.split("\n"):
+        if open_end is not None:
+            if open_end in line:
+                kept.append(line)
+                open_end = None
+            continue
+        kept.append(line)
+        open_end = next((end for begin, end in _REGIONS if begin in line), None)
+    if open_end is not None:
+        raise AutograderError(f"{where}: a region is not closed by '### {open_end}'")
+    return "\n".join(kept)
 
 
 def _files(source: Path) -> list[Path]:
