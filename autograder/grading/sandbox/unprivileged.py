@@ -1,0 +1,108 @@
+"""The fallback backend: a dedicated unprivileged user per job slot (needs root).
+
+For hosts that refuse user namespaces (some container platforms): the worker runs as uid
+``BASE_UID + slot``, with no supplementary groups, in a private network namespace (entered as
+root before the drop, where the kernel allows it), with the same resource limits. The OS
+refuses it the course's files only if they are unreadable to others, which :meth:`unavailable`
+checks, and its Python install must be readable to it. Killing every process of that uid (a
+``kill(-1)`` as that user) ends whatever the submission started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+from autograder.grading.sandbox.base import Backend, WorkerSpec, python_roots
+from autograder.grading.sandbox.limits import kill_session, preexec
+
+BASE_UID = 64000  # uids 64000.. are free on Debian/Ubuntu (reserved for local use)
+CLONE_NEWNET = 0x40000000
+
+
+class UserBackend(Backend):
+    name = "user"
+
+    def unavailable(self) -> str | None:
+        if os.geteuid() != 0:
+            return "the grader is not root (a dedicated user needs root)"
+        repo = Path(__file__).resolve().parents[3]
+        if _readable_by_others(repo):
+            return f"{repo} is readable by other users (chmod o-rx it for this backend)"
+        closed = [r for r in python_roots() if not _reachable_by_others(r)]
+        if closed:
+            return f"the Python install {closed[0]} is not readable by other users"
+        return None
+
+    def start(self, spec: WorkerSpec) -> subprocess.Popen:
+        uid = BASE_UID + spec.slot
+        _own(spec.scratch, uid)
+        env = {
+            "HOME": str(spec.scratch),
+            "TMPDIR": str(spec.scratch / "tmp"),
+            "MPLCONFIGDIR": str(spec.scratch / "tmp"),
+            "PATH": "/usr/bin:/bin",
+            "AUTOGRADER_SANDBOX": self.name,
+            **spec.env,
+        }
+        self.kill_user(uid)  # nothing of an earlier submission in this slot survives
+
+        def drop() -> None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.unshare(CLONE_NEWNET)  # best effort: no network where the kernel allows it
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+
+        process = subprocess.Popen(
+            self.worker_argv(spec, str(spec.runtime), str(spec.submission)),
+            cwd=spec.scratch,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=spec.log,
+            stderr=spec.log,
+            pass_fds=(spec.requests, spec.replies),
+            start_new_session=True,
+            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=drop),
+        )
+        process.uid = uid  # type: ignore[attr-defined]
+        return process
+
+    def kill(self, process: subprocess.Popen, spec: WorkerSpec) -> None:
+        kill_session(process)
+        self.kill_user(getattr(process, "uid", BASE_UID + spec.slot))
+
+    @staticmethod
+    def kill_user(uid: int) -> None:
+        """SIGKILL every process of ``uid`` (from a child that becomes that user)."""
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.setresuid(uid, uid, uid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def _own(folder: Path, uid: int) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, uid, uid, follow_symlinks=False)
+    os.chmod(folder, 0o700)
+
+
+def _readable_by_others(path: Path) -> bool:
+    return bool(path.stat().st_mode & (stat.S_IROTH | stat.S_IXOTH)) and _reachable_by_others(
+        path.parent
+    )
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether every folder down to ``path`` can be passed through by any user."""
+    return all(folder.stat().st_mode & stat.S_IXOTH for folder in [*path.parents, path])
