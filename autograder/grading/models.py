@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 # "pending": graded by hand later (a notebook's written answer): counts in the part's maximum,
-# earns nothing until a grader scores it in the gradebook.
-Status = Literal["passed", "failed", "error", "timeout", "crashed", "skipped", "pending"]
+# earns nothing until a grader scores it in the gradebook. "memory": the student's code ran out
+# of memory (it scores 0, like "failed"); "timeout" and "memory" messages name the student
+# function that was running, e.g. "timed out after 90 s in coupling.AffineCoupling.forward".
+Status = Literal["passed", "failed", "error", "timeout", "memory", "crashed", "skipped", "pending"]
 
 
 @dataclass
