@@ -33,55 +33,41 @@ from pathlib import Path
 from autograder.config import Assignment, Course
 from autograder.errors import AutograderError
 from autograder.grading import atomic
+from autograder.grading.extensions import GradedSubmission
 from autograder.grading.scoring import NOTEBOOK_PART
+from autograder.nbgrader_db import (
+    create_database,
+    database_exists,
+    database_url,
+    has_tables,
+    sqlite_path,
+)
 from autograder.notebook import has_notebook, notebook_id, register_notebook
 
 MODULES_NOTEBOOK = "modules"
-GRADEBOOK_FILE = "gradebook.db"
 RECEIPT = "gradebook.json"  # in ``out/<name>/``: what the sink last recorded, and where
 ROSTER_COLUMNS = ("id", "first_name", "last_name", "email")  # nbgrader db student import
 
 
-def database_url(course: Course, db_url: str | None = None) -> str:
-    """``db_url``, or the course's SQLite file ``<repo>/gradebook.db``."""
-    return db_url or f"sqlite:///{Path(course.root).resolve() / GRADEBOOK_FILE}"
-
-
-def create_database(url: str) -> None:
-    """Create nbgrader's tables, stamped with its alembic head, if the database has none.
-
-    nbgrader's ``Gradebook`` does the same on first use but asks the ``alembic`` command line
-    for the head (a subprocess, ~5 s); alembic's Python API answers it in milliseconds.
-    """
-    import nbgrader
-    from alembic.script import ScriptDirectory
-    from nbgrader.api import Base
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(url, future=True)
-    try:
-        if inspect(engine).get_table_names():
-            return
-        head = ScriptDirectory(str(Path(nbgrader.__file__).parent / "alembic")).get_current_head()
-        with engine.begin() as connection:
-            Base.metadata.create_all(connection)
-            connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
-            connection.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": head})
-    finally:
-        engine.dispose()
-
-
 @contextmanager
-def open_gradebook(course: Course, db_url: str | None = None) -> Iterator:
-    """nbgrader's :class:`~nbgrader.api.Gradebook` for the course (created when missing)."""
+def open_gradebook(course: Course, db_url: str | None = None, *, create: bool = True) -> Iterator:
+    """nbgrader's :class:`~nbgrader.api.Gradebook` for the course (created when missing, unless
+    ``create`` is false: then a missing database is a one-line error)."""
     from nbgrader.api import Gradebook
 
     url = database_url(course, db_url)
+    if not create and not database_exists(url):
+        raise AutograderError(f"{sqlite_path(url)}: no gradebook database (grade first, or --db)")
     try:
-        create_database(url)
+        if create:
+            create_database(url)
+        elif not has_tables(url):
+            raise AutograderError(f"gradebook {_shown(url)}: empty (grade first, or another --db)")
         gradebook = Gradebook(url, course.id)
+    except AutograderError:
+        raise
     except Exception as exc:  # a bad URL or an unreachable server: one line, not a traceback
-        raise AutograderError(f"gradebook {url}: cannot open ({exc})") from None
+        raise AutograderError(f"gradebook {_shown(url)}: cannot open ({exc})") from None
     try:
         yield gradebook
     finally:
@@ -190,13 +176,13 @@ class GradebookSink:
         self._lock = threading.Lock()  # SQLite takes one writer at a time; one prepare per batch
         self._prepared = False
 
-    def __call__(self, graded) -> None:
+    def __call__(self, graded: GradedSubmission) -> None:
         if graded.key is None:
             return  # not graded (unreadable submission): it is retried on the next run
         scores = scores_of(self.assignment, graded)
         receipt = {"gradebook": _digest(self.url, scores)}
         path = graded.out_dir / RECEIPT
-        if graded.resumed and _read_json(path) == receipt and _database_exists(self.url):
+        if graded.resumed and _read_json(path) == receipt and database_exists(self.url):
             return
         with self._lock:
             if not self._prepared:
@@ -219,17 +205,8 @@ def _read_json(path: Path) -> object:
         return None
 
 
-def _database_exists(url: str) -> bool:
-    """Whether an SQLite database file is still there; other servers are trusted (asking them
-    means connecting, which is what a skip saves)."""
-    if not url.startswith("sqlite"):
-        return True
-    path = url.partition(":///")[2].partition("?")[0]
-    return bool(path) and Path(path).is_file()
-
-
-def scores_of(assignment: Assignment, graded) -> Scores:
-    """Gradebook scores of a :class:`~autograder.grading.batch.GradedSubmission`: each graded
+def scores_of(assignment: Assignment, graded: GradedSubmission) -> Scores:
+    """Gradebook scores of a :class:`~autograder.grading.extensions.GradedSubmission`: each graded
     module part's points, and each notebook cell's (its outcome's weight is its points)."""
     cells: dict[tuple[str, str], float | None] = {}
     for part, score in graded.score.parts.items():
@@ -252,6 +229,16 @@ def export_csv(course: Course, out: Path, db_url: str | None = None) -> None:
     late_submission_penalty, score, max_score)."""
     from nbgrader.plugins.export import CsvExportPlugin
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open_gradebook(course, db_url) as gradebook:
+    with open_gradebook(course, db_url, create=False) as gradebook:
+        out.parent.mkdir(parents=True, exist_ok=True)
         CsvExportPlugin(to=str(out)).export(gradebook)
+
+
+def _shown(url: str) -> str:
+    """The URL as an error message may show it: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: shown as given
+        return url

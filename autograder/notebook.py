@@ -32,11 +32,10 @@ from traitlets.config import Config
 
 from autograder.config import Assignment, Course
 from autograder.errors import AutograderError
+from autograder.nbgrader_db import GRADEBOOK_FILE, create_database
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
-
-GRADEBOOK_FILE = "gradebook.db"
 
 _log = logging.getLogger("autograder.nbgrader")
 _log.setLevel(logging.ERROR)  # nbgrader narrates every copy at INFO/WARNING
@@ -104,8 +103,6 @@ def run_converter(converter_class: type, config: Config, assignment: Assignment,
     from nbgrader.api import Gradebook
     from nbgrader.converters.base import NbGraderException
     from nbgrader.coursedir import CourseDirectory
-
-    from autograder.gradebook import create_database
 
     url = config.CourseDirectory.db_url
     create_database(url)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autograder.config import load_course
-from autograder.grading import unpack
+from autograder.grading import submission_reader
 from autograder.grading.unpack import StudentFiles, SubmissionError, collect_submission
 from autograder.grading.workspace import prepare_workspace, student_file_names
 
@@ -65,7 +65,7 @@ def test_zip_symlink_is_skipped(tmp_path: Path) -> None:
 
 
 def test_zip_bomb_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(unpack, "MAX_TOTAL_BYTES", 1500)
+    monkeypatch.setattr(submission_reader, "MAX_TOTAL_BYTES", 1500)
     entries = {"flows/change_of_variables.py": b"a" * 1000, "flows/coupling.py": b"b" * 1000}
     files = collect_submission(make_zip(tmp_path / "bomb.zip", entries), WANTED)
     assert list(files.files) == ["change_of_variables.py"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -40,8 +41,8 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import replace
+from functools import partial, update_wrapper
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,14 @@ from autograder.config import PACKAGE, Assignment, Course
 from autograder.errors import AutograderError
 from autograder.gradebook import GradebookSink
 from autograder.grading import atomic
+from autograder.grading.extensions import (
+    Extensions,
+    ExtraStage,
+    Fingerprint,
+    GradedSubmission,
+    Sink,
+    StageContext,
+)
 from autograder.grading.models import SuiteRun, TestOutcome
 from autograder.grading.notebook_stage import notebook_fingerprint, notebook_stage
 from autograder.grading.plots import draw_pictures
@@ -59,70 +68,30 @@ from autograder.grading.reports import (
     RESULTS,
     SubmissionReport,
     format_table,
-    grades_row,
     write_grades_csv,
     write_reports,
 )
-from autograder.grading.scoring import Score, part_points, score
+from autograder.grading.scoring import part_points, score
 from autograder.grading.supervisor import Supervisor
 from autograder.grading.unpack import StudentFiles, SubmissionError, collect_submission
 from autograder.grading.workspace import prepare_workspace, student_file_names
+from autograder.nbgrader_course import course_folder
 from autograder.notebook import has_notebook
+
+__all__ = [  # the extension types live in extensions.py; still importable from here
+    "Extensions",
+    "ExtraStage",
+    "Fingerprint",
+    "GradedSubmission",
+    "Sink",
+    "StageContext",
+    "default_extensions",
+    "grade_batch",
+    "submission_name",
+]
 
 GRADING = "grading.json"
 PLOTS = "plots"
-
-
-@dataclass(frozen=True)
-class StageContext:
-    """What an extra stage may look at for one submission."""
-
-    course: Course
-    assignment: Assignment
-    name: str
-    submission: Path  # the folder or zip as given
-    workspace: Path  # the prepared workspace (given files + student files); removed after
-    files: StudentFiles
-    parts: list[str] | None  # the parts asked for (None: all)
-
-
-@dataclass
-class GradedSubmission:
-    """One submission's grade, as the sinks and the caller see it."""
-
-    name: str
-    submission: Path
-    out_dir: Path
-    key: str | None  # None when it could not be graded (it is retried on the next run)
-    run: SuiteRun
-    report: SubmissionReport
-    resumed: bool = False
-    parts: list[str] | None = None  # the parts graded (None: all)
-    content: str | None = None  # digest of the student files alone
-
-    @property
-    def score(self) -> Score:
-        return self.report.score
-
-    @property
-    def row(self) -> dict[str, Any]:
-        return grades_row(self.report, self.key)
-
-
-ExtraStage = Callable[[StageContext], list[TestOutcome]]
-Sink = Callable[[GradedSubmission], None]
-Fingerprint = Callable[[Path], bytes]
-
-
-@dataclass
-class Extensions:
-    """The extra stages and sinks a batch runs (see the module's docstring)."""
-
-    stages: list[ExtraStage] = field(default_factory=list)
-    sinks: list[Sink] = field(default_factory=list)
-    # What else a stage reads from a submission (e.g. its notebook) must be in the content key,
-    # or a changed notebook alone would be resumed instead of graded: ``fingerprint(path)``.
-    fingerprints: list[Fingerprint] = field(default_factory=list)
 
 
 def default_extensions(course: Course, assignment: Assignment, db_url: str | None) -> Extensions:
@@ -133,7 +102,10 @@ def default_extensions(course: Course, assignment: Assignment, db_url: str | Non
     """
     extensions = Extensions(sinks=[GradebookSink(course, assignment, db_url)])
     if has_notebook(assignment):
-        extensions.stages.append(notebook_stage)
+        # The graded notebooks also go to nbgrader's course folder, for formgrader.
+        folder = course_folder(course, db_url)
+        stage = partial(notebook_stage, formgrader=folder, db_url=db_url)
+        extensions.stages.append(update_wrapper(stage, notebook_stage))
         # The notebook is read from the submission, not from its student files: in the key.
         extensions.fingerprints.append(partial(notebook_fingerprint, assignment))
     return extensions
@@ -168,6 +140,7 @@ def grade_batch(
         known = ", ".join(part_points(assignment))
         raise AutograderError(f"unknown part {unknown[0]!r} for {assignment.name} (known: {known})")
     names = _unique_names(submissions)
+    _check_exist(names.values())
     if extensions is None:
         extensions = default_extensions(course, assignment, db_url)
     grader = _BatchGrader(course, assignment, out, parts, extensions)
@@ -231,6 +204,13 @@ def _unique_names(submissions: Iterable[Path]) -> dict[str, Path]:
             )
         names[name] = Path(path)
     return names
+
+
+def _check_exist(submissions: Iterable[Path]) -> None:
+    """A mistyped path is the operator's error, said before anything is graded."""
+    for path in submissions:
+        if not os.path.lexists(path):
+            raise AutograderError(f"{path}: no such submission (not a file or folder)")
 
 
 def _resumed(graded: list[GradedSubmission]) -> set[str]:
@@ -323,6 +303,7 @@ class _BatchGrader:
         with tempfile.TemporaryDirectory(prefix=f"autograder-{name}-") as scratch:
             workspace = prepare_workspace(self.assignment, files, Path(scratch))
             run = supervisor.run(workspace, parts=self.parts)
+            run.flags.extend(files.flags())  # what the unpacker refused, and why
             context = StageContext(
                 self.course, self.assignment, name, submission, workspace, files, self.parts
             )
@@ -332,10 +313,7 @@ class _BatchGrader:
             name=name,
             score=score(self.assignment, run, parts=self.parts),
             flags=list(run.flags),
-            notes=[
-                f"{PACKAGE}/{name} is not in your submission: the stub was graded instead"
-                for name in files.missing
-            ],
+            notes=files.feedback_notes(),  # refused (and why) or missing files
             pictures=draw_pictures(run.artifacts, dest / PLOTS),
         )
         return GradedSubmission(name, submission, dest, key, run, report, parts=self.parts)
@@ -431,7 +409,7 @@ def _files_digest(files: StudentFiles, extra: list[bytes]) -> str:
     for path in sorted(files.files):
         digest.update(f"\0{path}\0".encode())
         digest.update(files.files[path])
-    digest.update(json.dumps(sorted(files.missing)).encode())
+    digest.update(json.dumps([sorted(files.missing), sorted(files.refused.items())]).encode())
     for data in extra:
         digest.update(hashlib.sha256(data).digest())
     return digest.hexdigest()

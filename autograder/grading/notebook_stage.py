@@ -31,16 +31,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import zipfile
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from autograder.config import PACKAGE, Assignment, Course
 from autograder.errors import AutograderError
+from autograder.grading.extensions import StageContext
 from autograder.grading.models import TestOutcome
 from autograder.grading.scoring import NOTEBOOK_PART
-from autograder.grading.unpack import collect_submission
+from autograder.grading.unpack import find_extra_file
+from autograder.nbgrader_course import save_autograded
+from autograder.nbgrader_db import database_url
 from autograder.notebook import (
     GradeCell,
     course_directory,
@@ -51,21 +53,39 @@ from autograder.notebook import (
     run_converter,
 )
 
-if TYPE_CHECKING:
-    from autograder.grading.batch import StageContext  # the batch imports this stage lazily
-
 PENDING = "graded by hand by a TA (pending)"
 
 
-def notebook_stage(context: StageContext) -> list[TestOutcome]:
-    """The batch stage: autograde the submission's notebook, if it has one, against the
-    prepared workspace (the course's given files + the student's)."""
+def notebook_stage(
+    context: StageContext, *, formgrader: Path | None = None, db_url: str | None = None
+) -> list[TestOutcome]:
+    """The batch stage: autograde the submission's notebook against the prepared workspace
+    (the course's given files + the student's). A notebook that is missing (or refused) earns 0
+    of the notebook's points, so every report and the gradebook agree on the maximum.
+
+    ``formgrader``: nbgrader's course folder (:mod:`autograder.nbgrader_course`) that receives
+    the graded notebook, for formgrader and ``generate_feedback``; ``db_url`` is the gradebook
+    its configuration names.
+    """
     if context.parts is not None and NOTEBOOK_PART not in context.parts:
         return []
-    notebook = find_submitted_notebook(context.assignment, context.submission)
-    if notebook is None:
-        return []
-    return autograde(context.course, context.assignment, notebook, context.workspace, context.name)
+    name = notebook_file(context.assignment)
+    found = find_extra_file(context.submission, name)
+    if found.data is None:
+        if found.refusal is not None:
+            why = f"{found.path} in your submission was refused: it is {found.refusal}"
+        else:
+            why = f"{name} is not in your submission (put it beside {PACKAGE}/)"
+        return [
+            _outcome(name, cell, None, {}, None, missing=why)
+            for cell in grade_cells(context.assignment)
+        ]
+    keep = None
+    if formgrader is not None:
+        keep = _Formgrader(formgrader, context.course, context.assignment, context.name, db_url)
+    return autograde(
+        context.course, context.assignment, found.data, context.workspace, context.name, keep=keep
+    )
 
 
 def notebook_fingerprint(assignment: Assignment, submission: Path) -> bytes:
@@ -76,21 +96,23 @@ def notebook_fingerprint(assignment: Assignment, submission: Path) -> bytes:
 
 def find_submitted_notebook(assignment: Assignment, submission: Path) -> bytes | None:
     """The notebook's bytes in a submission (folder or zip): at its top, or one folder down
-    beside ``flows/``; ``None`` when there is none."""
-    name = notebook_file(assignment)
-    if submission.is_dir():
-        names = {p.relative_to(submission).as_posix() for p in _two_levels(submission, name)}
-    else:
-        try:
-            with zipfile.ZipFile(submission) as archive:
-                names = set(archive.namelist())
-        except (OSError, zipfile.BadZipFile):
-            return None
-    found = _notebook_path(names, name)
-    if found is None:
-        return None
-    # The unpacker reads zips and folders defensively (sizes, links, paths); reuse it.
-    return collect_submission(submission, [found]).files.get(found)
+    beside ``flows/``; ``None`` when there is none (or it was refused: a link, too large)."""
+    return find_extra_file(submission, notebook_file(assignment)).data
+
+
+@dataclass(frozen=True)
+class _Formgrader:
+    """Where a graded notebook is kept for the TAs: nbgrader's course folder."""
+
+    folder: Path
+    course: Course
+    assignment: Assignment
+    student: str
+    db_url: str | None
+
+    def save(self, graded: Path) -> None:
+        url = database_url(self.course, self.db_url)
+        save_autograded(self.folder, self.course, self.assignment, self.student, graded, url)
 
 
 def autograde(
@@ -100,12 +122,12 @@ def autograde(
     workspace: Path,
     student: str,
     *,
-    keep: Path | None = None,
+    keep: _Formgrader | None = None,
 ) -> list[TestOutcome]:
     """Run nbgrader's ``autograde`` on a student's notebook; one outcome per graded cell.
 
     ``workspace`` holds the ``flows/`` package to import (the course's given files with the
-    student's files). ``keep``: a folder to copy the executed, graded notebook into (for staff).
+    student's files). ``keep``: where the executed, graded notebook goes for the TAs.
     """
     from nbgrader.api import Gradebook, MissingEntry
 
@@ -117,8 +139,7 @@ def autograde(
         error = _autograde_in_child(course, assignment, root, student)
         graded = root / "autograded" / student / assignment.name / name
         if keep is not None and graded.is_file():
-            keep.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(graded, keep / name)
+            keep.save(graded)
         errors = _cell_errors(graded) if graded.is_file() else {}
         scores: dict[str, float | None] = {}
         if error is None:
@@ -143,6 +164,8 @@ def _outcome(
     score: float | None,
     errors: dict[str, str],
     error: str | None,
+    *,
+    missing: str | None = None,
 ) -> TestOutcome:
     outcome = TestOutcome(
         nodeid=f"{name}::{cell.grade_id}",
@@ -151,7 +174,9 @@ def _outcome(
         weight=cell.points,
         status="failed",
     )
-    if error is not None:
+    if missing is not None:
+        outcome.message = missing  # failed: the notebook's points are in the maximum, earned 0
+    elif error is not None:
         outcome.status, outcome.message = "error", error
     elif cell.manual:
         if score is None:
@@ -215,21 +240,6 @@ def _cell_errors(graded: Path) -> dict[str, str]:
             if grade_id and output.output_type == "error":
                 errors[grade_id] = f"{output.ename}: {output.evalue}".strip()
     return errors
-
-
-def _two_levels(folder: Path, name: str) -> list[Path]:
-    return [p for p in (folder / name, *folder.glob(f"*/{name}")) if p.is_file()]
-
-
-def _notebook_path(names: set[str], name: str) -> str | None:
-    """``name`` at the top wins; else the one beside a ``flows/`` one folder down."""
-    if name in names:
-        return name
-    nested = sorted(n for n in names if n.count("/") == 1 and n.endswith(f"/{name}"))
-    beside = [
-        n for n in nested if any(m.startswith(f"{n.split('/')[0]}/{PACKAGE}/") for m in names)
-    ]
-    return (beside or nested or [None])[0]
 
 
 def _child_main(argv: list[str]) -> int:

@@ -8,27 +8,39 @@ Where the files are looked for, in order (the first that holds any student file 
    rather than the folder.
 
 Only the course's student files are taken; everything else in the submission is ignored (the
-course's own given files are used at grading). Zips are read defensively: entries with absolute
-paths, ``..`` components or symlink modes are skipped with a note, every entry is capped in size
-and the total uncompressed size is capped too (zip bombs), and nothing is ever extracted to disk.
+course's own given files are used at grading). Nothing is ever extracted to disk.
+
+**Refusals.** :mod:`autograder.grading.submission_reader` reads without following links or
+reading too much (links, hard links, devices, oversize files and zip bombs are refused). A
+refusal that concerns a student file (or a folder on its way) is kept in
+:attr:`StudentFiles.refused` with its reason: the batch turns it into a flag and a line of
+feedback, never into "not in your submission".
 """
 
 from __future__ import annotations
 
-import stat
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from autograder.config import PACKAGE
-from autograder.errors import AutograderError
+from autograder.grading.submission_reader import (
+    MAX_FILE_BYTES,
+    MAX_TOTAL_BYTES,
+    SYMLINK,
+    Entries,
+    SubmissionError,
+    open_entries,
+)
 
-MAX_FILE_BYTES = 2 * 1024 * 1024  # a student file larger than this is not source code
-MAX_TOTAL_BYTES = 64 * 1024 * 1024  # uncompressed bytes read from one zip, all entries together
-
-
-class SubmissionError(AutograderError):
-    """A submission that cannot be read at all (broken zip, empty, unreadable)."""
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_TOTAL_BYTES",
+    "ExtraFile",
+    "StudentFiles",
+    "SubmissionError",
+    "collect_submission",
+    "find_extra_file",
+]
 
 
 @dataclass
@@ -38,44 +50,91 @@ class StudentFiles:
     files: dict[str, bytes] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was skipped or guessed, for staff
+    # What was refused and why, keyed by its path in the submission ("flows/coupling.py").
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def flags(self) -> list[str]:
+        """One flag per refusal, for ``results.json``'s ``extra_data.flags``."""
+        return [f"refused {path}: {reason}" for path, reason in self.refused.items()]
+
+    def feedback_notes(self) -> list[str]:
+        """What the student reads about files that were not graded: refused (and why) or
+        missing, each time with the consequence (the release's stub was graded instead)."""
+        notes = [
+            f"{path} in your submission was refused: it is {reason}. "
+            "Submit the file itself (no links, a plain source file)."
+            for path, reason in self.refused.items()
+        ]
+        for name in self.missing:
+            blocked = [path for path in self.refused if _explains(path, name)]
+            if blocked:
+                notes.append(
+                    f"{PACKAGE}/{name} was not read (refused: {blocked[0]}): "
+                    "the stub was graded instead"
+                )
+            else:
+                notes.append(
+                    f"{PACKAGE}/{name} is not in your submission: the stub was graded instead"
+                )
+        return notes
 
 
 def collect_submission(submission: Path, student_files: list[str]) -> StudentFiles:
     """Read the student files of ``submission`` (a folder or a ``.zip``).
 
     ``student_files`` are file names such as ``["coupling.py", "maf.py"]``. A file that is not
-    found lands in ``missing``; a submission that holds none of them is still returned (every
-    part then gets the release's stub), but one that cannot be read raises
-    :class:`SubmissionError` with a one-line message naming it.
+    found lands in ``missing`` (and in ``refused`` too when a link or size cap kept it out); a
+    submission that holds none of them is still returned (every part then gets the release's
+    stub), but one that cannot be read raises :class:`SubmissionError` with a one-line message
+    naming it.
     """
-    submission = Path(submission)
-    if submission.is_dir():
-        entries = _folder_entries(submission)
-    elif submission.is_file():
-        entries = _ZipEntries(submission)
-    else:
-        raise SubmissionError(f"{submission.name}: no such file or folder")
-    if not entries.names():
-        raise SubmissionError(f"{submission.name}: the submission is empty")
-    return _collect(submission, entries, student_files)
+    with open_entries(Path(submission)) as entries:
+        return _collect(Path(submission), entries, student_files)
 
 
-def _collect(submission: Path, entries: _Entries, wanted: list[str]) -> StudentFiles:
-    result = StudentFiles(notes=list(entries.notes))
-    prefix = _locate(entries.names(), wanted)
+@dataclass(frozen=True)
+class ExtraFile:
+    """A file looked up beside the student package (e.g. the notebook)."""
+
+    path: str | None  # where it is in the submission; None when absent
+    data: bytes | None  # None when absent or refused
+    refusal: str | None = None  # why it was refused ("a symbolic link")
+
+
+def find_extra_file(submission: Path, name: str) -> ExtraFile:
+    """``name`` at the top of ``submission``, or one folder down (preferring the folder that
+    holds ``flows/``), read with the same refusals as the student files."""
+    with open_entries(Path(submission)) as entries:
+        candidates = entries.names() | set(entries.refused)
+        path = _beside_package(candidates, name)
+        if path is None:
+            return ExtraFile(None, None)
+        if path in entries.refused:
+            return ExtraFile(path, None, entries.refused[path])
+        refused: dict[str, str] = {}
+        data = entries.read(path, refused)
+        return ExtraFile(path, data, refused.get(path))
+
+
+def _collect(submission: Path, entries: Entries, wanted: list[str]) -> StudentFiles:
+    result = StudentFiles()
+    notes: list[str] = []
+    prefix = _locate(entries.names() | set(entries.refused), wanted)
+    result.refused = {p: r for p, r in entries.refused.items() if _concerns(p, r, wanted)}
     if prefix is None:
         result.missing = list(wanted)
-        result.notes.append(f"{submission.name}: no {PACKAGE}/ folder with student files found")
-        return result
-    if prefix != PACKAGE:
-        result.notes.append(f"{submission.name}: student files taken from {prefix or '(top)'}/")
-    for name in wanted:
-        path = f"{prefix}/{name}" if prefix else name
-        data = entries.read(path, result.notes) if path in entries.names() else None
-        if data is None:
-            result.missing.append(name)
-        else:
-            result.files[name] = data
+        notes.append(f"{submission.name}: no {PACKAGE}/ folder with student files found")
+    else:
+        if prefix != PACKAGE:
+            notes.append(f"{submission.name}: student files taken from {prefix or '(top)'}/")
+        for name in wanted:
+            path = f"{prefix}/{name}" if prefix else name
+            data = entries.read(path, result.refused) if path in entries.names() else None
+            if data is None:
+                result.missing.append(name)
+            else:
+                result.files[name] = data
+    result.notes = [*entries.notes, *notes]  # the reader's notes (skipped entries) come first
     return result
 
 
@@ -96,102 +155,34 @@ def _locate(names: set[str], wanted: list[str]) -> str | None:
     return "" if holds("") else None
 
 
-class _Entries:
-    """File names (POSIX, relative) of a submission and a bounded reader for them."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def names(self) -> set[str]:
-        raise NotImplementedError
-
-    def read(self, name: str, notes: list[str]) -> bytes | None:
-        raise NotImplementedError
-
-
-class _FolderEntries(_Entries):
-    def __init__(self, root: Path, names: set[str]) -> None:
-        super().__init__()
-        self.root = root
-        self._names = names
-
-    def names(self) -> set[str]:
-        return self._names
-
-    def read(self, name: str, notes: list[str]) -> bytes | None:
-        path = self.root / name
-        # A symlink could point at anything on the grading host (another student's work).
-        if path.is_symlink() or not path.is_file():
-            notes.append(f"{self.root.name}/{name}: skipped (not a regular file)")
-            return None
-        if path.stat().st_size > MAX_FILE_BYTES:
-            notes.append(f"{self.root.name}/{name}: skipped (larger than {MAX_FILE_BYTES} bytes)")
-            return None
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise SubmissionError(f"{self.root.name}/{name}: unreadable ({exc.strerror})") from None
+def _beside_package(names: set[str], name: str) -> str | None:
+    """``name`` at the top wins; else the one beside a ``flows/`` one folder down."""
+    if name in names:
+        return name
+    nested = sorted(n for n in names if n.count("/") == 1 and n.endswith(f"/{name}"))
+    beside = [
+        n
+        for n in nested
+        if any(m.startswith(f"{n.split('/')[0]}/{PACKAGE}") for m in names if m != n)
+    ]
+    return (beside or nested or [None])[0]
 
 
-def _folder_entries(root: Path) -> _FolderEntries:
-    """Names up to three levels deep: enough for ``top/flows/x.py``, cheap on big folders."""
-    names: set[str] = set()
-    try:
-        for depth in ("*", "*/*", "*/*/*"):
-            names.update(p.relative_to(root).as_posix() for p in root.glob(depth) if p.is_file())
-    except OSError as exc:
-        raise SubmissionError(f"{root.name}: unreadable ({exc.strerror})") from None
-    return _FolderEntries(root, names)
+def _concerns(path: str, reason: str, wanted: list[str]) -> bool:
+    """Whether a refusal is worth telling the student: it is (or is on the way to) a place
+    where a student file is looked for, or a link at the top (which may hide ``flows/``)."""
+    parts = PurePosixPath(path).parts
+    if len(parts) == 1 and reason == SYMLINK:
+        return True
+    return bool(parts) and parts[-1] in {*wanted, PACKAGE}
 
 
-class _ZipEntries(_Entries):
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-        self._budget = MAX_TOTAL_BYTES
-        try:
-            self._zip = zipfile.ZipFile(path)
-            infos = self._zip.infolist()
-        except zipfile.BadZipFile as exc:
-            raise SubmissionError(f"{path.name}: not a valid zip file ({exc})") from None
-        except OSError as exc:
-            raise SubmissionError(f"{path.name}: unreadable ({exc.strerror or exc})") from None
-        self._infos: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            if info.is_dir():
-                continue
-            safe = self._safe_name(info)
-            if safe is not None:
-                self._infos[safe] = info
-
-    def _safe_name(self, info: zipfile.ZipInfo) -> str | None:
-        name = info.filename.replace("\\", "/")
-        parts = PurePosixPath(name).parts
-        if name.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
-            self.notes.append(f"{self.path.name}: skipped unsafe path {info.filename!r}")
-            return None
-        if stat.S_ISLNK(info.external_attr >> 16):
-            self.notes.append(f"{self.path.name}: skipped symlink {info.filename!r}")
-            return None
-        return str(PurePosixPath(*parts)) if parts else None
-
-    def names(self) -> set[str]:
-        return set(self._infos)
-
-    def read(self, name: str, notes: list[str]) -> bytes | None:
-        info = self._infos[name]
-        limit = min(MAX_FILE_BYTES, self._budget)
-        if info.file_size > limit:
-            notes.append(f"{self.path.name}: skipped {name} (uncompressed size over the limit)")
-            return None
-        try:
-            with self._zip.open(info) as handle:
-                # The header's size can lie: read one byte past the limit to catch a bomb.
-                data = handle.read(limit + 1)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, RuntimeError) as exc:
-            raise SubmissionError(f"{self.path.name}: {name}: unreadable entry ({exc})") from None
-        if len(data) > limit:
-            notes.append(f"{self.path.name}: skipped {name} (uncompressed size over the limit)")
-            return None
-        self._budget -= len(data)
-        return data
+def _explains(refused: str, name: str) -> bool:
+    """Whether refusing ``refused`` is why student file ``name`` was not read."""
+    parts = PurePosixPath(refused).parts
+    if len(parts) == 1:
+        # The file itself at the top, flows/ itself, or a linked folder (no dot in its name).
+        return parts[0] in (name, PACKAGE) or "." not in parts[0]
+    if len(parts) == 2:
+        return parts[1] == name if parts[0] == PACKAGE else parts[1] == PACKAGE
+    return parts[1:] == (PACKAGE, name)
