@@ -96,6 +96,8 @@ class Session:
         self._spec: WorkerSpec | None = None
         self._fds: tuple[int, int] | None = None  # (read replies, write requests)
         self._next_id = 0
+        self._pending = False
+        self._began = 0.0
         self.runtime = make_runtime(self.base)
         self.startups: list[float] = []  # seconds each start took (for benchmarks)
 
@@ -103,8 +105,13 @@ class Session:
 
     def start(self) -> None:
         """Start a fresh worker (killing one that runs) and wait until it is ready."""
+        self.launch()
+        self._await_ready()
+
+    def launch(self) -> None:
+        """Start a fresh worker (killing one that runs); the first request waits for it."""
         self.stop()
-        began = time.monotonic()
+        self._began = time.monotonic()
         scratch = self.base / f"scratch-{self.generation + 1}"
         shutil.copytree(self.workspace / PACKAGE, scratch / "submission" / PACKAGE)
         (scratch / "tmp").mkdir()
@@ -129,6 +136,11 @@ class Session:
                 os.close(fd)
         self._spec, self._fds = spec, (replies_r, requests_w)
         self.generation += 1
+        self._pending = True
+
+    def _await_ready(self) -> None:
+        self._pending = False
+        replies_r = self._fds[0]  # type: ignore[index]
         try:
             header, _ = protocol.read_frame(replies_r, time.monotonic() + STARTUP_TIMEOUT_S)
         except protocol.ProtocolError as exc:
@@ -138,10 +150,11 @@ class Session:
         if header.get("ready") is not True:
             self.stop()
             raise WorkerMisbehaved("the worker's first message was not the expected greeting")
-        self.startups.append(time.monotonic() - began)
+        self.startups.append(time.monotonic() - self._began)
 
     def stop(self) -> None:
         """Kill the worker and everything it started; remove its scratch folder."""
+        self._pending = False
         if self._process is not None:
             self.backend.kill(self._process, self._spec)  # type: ignore[arg-type]
             self._process = None
@@ -183,7 +196,9 @@ class Session:
     def request(self, op: str, args: dict[str, Any], *, label: str) -> Any:
         """Send one request and return the decoded answer (or raise; see the module doc)."""
         if self._process is None:
-            self.start()
+            self.launch()
+        if self._pending:
+            self._await_ready()
         blobs: list[bytes] = []
         try:
             tree = protocol.encode(args, blobs, self._reference)

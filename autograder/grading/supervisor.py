@@ -1,21 +1,19 @@
-"""The parent side of grading: one child process per submission, watched with a clock.
+"""The grader's side of a submission: start its harness, collect its results, watch the clock.
 
-:class:`Supervisor` forks every child from a warm fork server that has already imported torch,
-numpy, pytest and the runner, so a submission costs a ``fork`` rather than a fresh interpreter.
-It reads the child's messages (see :mod:`autograder.grading.runner`), accepting only well-formed
-ones that carry the token of the child's first line, in the order the tests were collected.
+:class:`Supervisor` forks one harness per submission (:mod:`autograder.grading.harness`) from a
+warm fork server that has already imported torch, numpy, pytest and the harness, so a submission
+costs a ``fork`` rather than a fresh interpreter. The harness runs the hidden suites and starts
+the submission's sandboxed worker itself; both it and this process are trusted, and neither runs
+student code. Results arrive as JSON lines.
 
-When a test hangs past ``limits.test_timeout_s``, or the child dies (``os._exit``, a segfault,
-the OOM killer), that test is recorded as ``timeout``/``crashed`` with a flag, the whole process
-group is killed, and a fresh child runs the tests not yet graded. A part that times out twice
-forfeits its remaining tests, so a forever-loop costs at most two test timeouts per part; the
-submission as a whole stops at ``limits.submission_timeout_s``. Every collected test gets an
-outcome. Leaving the ``with`` block (Ctrl-C included) kills every child still running.
+The harness enforces each test's clock; this process enforces the submission's
+(``limits.submission_timeout_s``) and kills a harness that goes silent, which takes its worker
+with it (``--die-with-parent``, a parent-death signal). Every collected test gets an outcome.
+Leaving the ``with`` block (Ctrl-C included) kills every harness still running.
 """
 
 from __future__ import annotations
 
-import ast
 import compileall
 import contextlib
 import json
@@ -33,9 +31,9 @@ from types import TracebackType
 
 from _pytest.config import default_plugins
 
-from autograder.config import PACKAGE, Assignment, Limits
+from autograder.config import Assignment, Limits
 from autograder.errors import AutograderError
-from autograder.grading import runner
+from autograder.grading import harness, sandbox
 from autograder.grading.models import Artifact, SuiteRun, TestOutcome
 
 # torch._dynamo rebinds torch.manual_seed & co. when first imported (lazily, by optimizers):
@@ -47,12 +45,15 @@ PRELOAD = [
     "numpy",
     "pytest",
     *(f"_pytest.{name}" for name in default_plugins),
-    "autograder.grading.runner",
+    "autograder.grading.harness",
+    "autograder.grading.remote",
 ]
-STATUSES = ("passed", "failed", "error", "skipped")
+STATUSES = ("passed", "failed", "error", "skipped", "timeout", "crashed", "memory")
 MAX_LINE = 16 * 1024 * 1024  # bytes of one message: artifacts are density grids, not more
-MAX_LOG = 20_000  # characters of the child's output kept in SuiteRun.log
-TIMEOUTS_PER_PART = 2
+MAX_LOG = 20_000  # characters of the logs kept in SuiteRun.log (for staff)
+# Beyond a test's own limit, how long a harness may stay silent: killing and restarting a
+# worker, and a cold start of the next one.
+SILENCE_MARGIN_S = 180.0
 
 
 class DevicePool:
@@ -128,27 +129,36 @@ class Supervisor:
         limits: Limits | None = None,
         tests_dir: Path | None = None,
         gpus: list[str] | None = None,
+        sandbox_name: str = "auto",
         start_method: str = "forkserver",
     ) -> None:
         self.assignment = assignment
         self.limits = limits or assignment.limits
         self.tests_dir = Path(tests_dir or assignment.hidden_tests_dir).resolve()
-        # One torch thread per child: the suites' networks are tiny, and measured on 2 cores a
-        # second intra-op thread made training ~20% slower (142 vs 182 MAF steps/s); the cores
-        # are used by grading submissions side by side (--jobs) instead.
+        # One torch thread per process: the suites' networks are tiny, and measured on 2 cores
+        # a second intra-op thread made training ~20% slower (142 vs 182 MAF steps/s); the
+        # cores are used by grading submissions side by side (--jobs) instead.
         self.threads = 1
+        self.backend = sandbox.choose(sandbox_name)  # refuses here, before any grading
         self.devices = DevicePool(visible_gpus() if gpus is None else gpus)
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._context.set_forkserver_preload(PRELOAD)
         self._base: Path | None = None
         self._children = _Children()
+        self._slots: list[int] = []
+        self._slot_lock = threading.Lock()
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """What every result graded here is flagged with (``no-sandbox`` without one)."""
+        return self.backend.flags
 
     def __enter__(self) -> Supervisor:
         self._base = Path(tempfile.mkdtemp(prefix="autograder-"))
-        self._base.chmod(0o711)  # the unprivileged child may pass through, not list
+        self._base.chmod(0o711)  # a sandbox user may pass through, not list
         self._children = _Children()
-        # Children never write bytecode: compiled once here, the hidden tests load from it.
+        # The harness never writes bytecode: compiled once here, the hidden tests load from it.
         compileall.compile_dir(self.tests_dir, quiet=2)
         if self._context.get_start_method() == "forkserver":
             from multiprocessing import forkserver
@@ -174,8 +184,18 @@ class Supervisor:
             self._base = None
 
     def running(self) -> list[int]:
-        """Process ids of the grading children running now."""
+        """Process ids of the harnesses running now."""
         return self._children.pids()
+
+    def _slot(self) -> int:
+        with self._slot_lock:
+            slot = next(i for i in range(len(self._slots) + 1) if i not in self._slots)
+            self._slots.append(slot)
+            return slot
+
+    def _free(self, slot: int) -> None:
+        with self._slot_lock:
+            self._slots.remove(slot)
 
     def run(self, workspace: Path, *, parts: list[str] | None = None) -> SuiteRun:
         """Grade ``workspace`` (a folder holding ``flows/``) and return every test's outcome."""
@@ -185,27 +205,28 @@ class Supervisor:
         run_dir = Path(tempfile.mkdtemp(dir=self._base))
         run_dir.chmod(0o711)
         device = self.devices.acquire()
+        slot = self._slot()
         try:
-            scratch = run_dir / "scratch"
-            shutil.copytree(Path(workspace) / PACKAGE, scratch / "submission" / PACKAGE)
-            job = runner.Job(
-                submission=scratch / "submission",
-                scratch=scratch,
+            job = harness.Job(
+                workspace=Path(workspace).resolve(),
+                base=run_dir,
                 tests_dir=self.tests_dir,
-                log_path=run_dir / "child.log",
+                log_path=run_dir / "harness.log",
                 limits=self.limits,
-                protected=[self.assignment.root, self._base],
+                backend=self.backend,
                 parts=parts,
+                slot=slot,
                 threads=self.threads,
                 cuda_devices=device,
             )
-            grading = _Grading(
-                job, self._children, deadline=started + self.limits.submission_timeout_s
-            )
-            grading.until_done(self._context)
+            grading = _Grading(job, deadline=started + self.limits.submission_timeout_s)
+            for flag in self.backend.flags:
+                grading.flag(flag)
+            grading.run(self._context, self._children)
             suite = grading.suite()
-            suite.log = _tail(job.log_path)
+            suite.log = (_tail(run_dir / "worker.log") + _tail(job.log_path))[-MAX_LOG:]
         finally:
+            self._free(slot)
             self.devices.release(device)
             shutil.rmtree(run_dir, ignore_errors=True)
         suite.wall_time_s = time.monotonic() - started
@@ -223,33 +244,31 @@ def _tail(path: Path) -> str:
         return ""
 
 
-@dataclass
-class _Attempt:
-    """What one child did before it finished, died or was killed."""
-
-    done: bool = False
-    current: str | None = None  # node id of the running test, or "import:<part>"
-    timed_out: bool = False
-    exitcode: int | None = None
-    progressed: bool = False
-    student_ran: bool = False  # an import or a test started: the submission's code ran
+def _kill(process: multiprocessing.process.BaseProcess) -> None:
+    pid = process.pid
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
 class _Grading:
-    """The parent's bookkeeping for one submission across its successive children."""
+    """The supervisor's bookkeeping for one submission's harness."""
 
-    job: runner.Job
-    children: _Children
+    job: harness.Job
     deadline: float
     tests: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # id -> name,part,w
     outcomes: dict[str, TestOutcome] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
-    timeouts: dict[str, int] = field(default_factory=dict)  # part -> tests timed out
+    current: str | None = None
+    done: bool = False
 
     def flag(self, text: str) -> None:
-        text = text[:300]
+        text = str(text)[:300]
         if text not in self.flags:
             self.flags.append(text)
 
@@ -261,240 +280,89 @@ class _Grading:
         self.outcomes[nodeid] = TestOutcome(nodeid, name, part, weight, status, message, duration)  # type: ignore[arg-type]
 
     def suite(self) -> SuiteRun:
-        for nodeid in self.pending():  # never reached in practice; nothing may go missing
-            self.record(nodeid, "error", "the grader could not run this test")
         tests = [self.outcomes[t] for t in self.tests]
         return SuiteRun(tests=tests, flags=list(self.flags), artifacts=self.artifacts)
 
-    def until_done(self, context: multiprocessing.context.BaseContext) -> None:
-        first = True
-        while first or self.pending():
-            if time.monotonic() >= self.deadline:
-                seconds = f"{self.job.limits.submission_timeout_s:g}"
-                self.flag(f"timeout: the submission used up its time limit ({seconds} s)")
-                for nodeid in self.pending():
-                    self.record(nodeid, "timeout", f"not run: the submission's {seconds} s ran out")
-                return
-            self.job.skip = set(self.outcomes)
-            attempt = self._attempt(context, first)
-            first = False
-            self._settle(attempt)
-
-    def _attempt(self, context: multiprocessing.context.BaseContext, first: bool) -> _Attempt:
+    def run(self, context: multiprocessing.context.BaseContext, children: _Children) -> None:
         reader, writer = context.Pipe(duplex=False)
-        process = context.Process(target=runner.child_main, args=(self.job, writer), daemon=True)
-        attempt = _Attempt()
-        try:  # whatever happens from here (Ctrl-C included), the child does not outlive this call
+        process = context.Process(target=harness.harness_main, args=(self.job, writer), daemon=True)
+        try:  # whatever happens from here (Ctrl-C included), the harness does not outlive this
             try:
-                self.children.start(process)
+                children.start(process)
             finally:
                 writer.close()
-            self._listen(reader.fileno(), _Channel(self, first), attempt)
+            self._listen(reader.fileno())
         finally:
             reader.close()
             if process.pid is not None:
-                _kill(process)  # done or not: nothing more is needed from it; exit takes time
-                process.join(5)
-                if process.is_alive():
-                    _kill(process)
-                    process.join()
-                attempt.exitcode = process.exitcode
-            self.children.forget(process)
+                _kill(process)
+                process.join(10)
+            exitcode = process.exitcode
+            children.forget(process)
             process.close()
-        if self.children.closed:
+            if isinstance(self.job.backend, sandbox.UserBackend):
+                self.job.backend.kill_user(sandbox.BASE_UID + self.job.slot)
+        if children.closed:
             raise AutograderError("grading stopped: the supervisor was closed")
-        if not attempt.student_ran and not attempt.done:
-            # Nothing of the submission ran yet: the grader or the hidden suite is broken.
+        if not self.tests:
             log = _tail(self.job.log_path)[-2000:]
             raise AutograderError(
                 f"{self.job.tests_dir}: the hidden suite did not start "
-                f"(child exit status {attempt.exitcode}); its log:\n{log}"
+                f"(harness exit status {exitcode}); its log:\n{log}"
             )
-        return attempt
+        self._settle()
 
-    def _listen(self, fd: int, channel: _Channel, attempt: _Attempt) -> None:
-        """Read the child's messages until it is done, dies, or a test outlives its clock."""
-        limit = self.job.limits.test_timeout_s
-        phase_start = time.monotonic()
-        while not attempt.done:
-            wait = min(phase_start + limit, self.deadline) - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(0.0, wait))
-            if not ready:
-                attempt.timed_out = True
+    def _listen(self, fd: int) -> None:
+        """Read the harness's lines until it is done, dies, or runs out of time."""
+        silence = self.job.limits.test_timeout_s + SILENCE_MARGIN_S
+        buffer = b""
+        heard = time.monotonic()
+        while not self.done:
+            now = time.monotonic()
+            wait = min(heard + silence, self.deadline) - now
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                if time.monotonic() >= self.deadline:
+                    seconds = f"{self.job.limits.submission_timeout_s:g}"
+                    self.flag(f"timeout: the submission used up its time limit ({seconds} s)")
+                    self._close_pending("timeout", f"not run: the submission's {seconds} s ran out")
+                else:
+                    self._close_pending("error", "the grader's harness stopped answering")
                 return
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 return
-            if channel.feed(chunk, attempt):
-                phase_start = time.monotonic()
+            heard = time.monotonic()
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                self._line(json.loads(line))
+            if len(buffer) > MAX_LINE:
+                raise AutograderError("the grader's harness wrote an oversized line")
 
-    def _settle(self, attempt: _Attempt) -> None:
-        """Give the test (or part) a child died or hung in its outcome, and its flags."""
-        if attempt.done:
-            return
-        current = attempt.current
-        if current is None:
-            pending = self.pending()
-            if not pending:
-                return
-            current = pending[0]  # the child died between tests: blame the next one to progress
-        limit = f"{self.job.limits.test_timeout_s:g}"
-        death = _death(attempt.exitcode, self.job.limits.memory_mb)
-        if current.startswith("import:"):
-            part = current.removeprefix("import:")
-            self.job.skip_imports.add(part)
-            victims = [t for t in self.pending() if self.tests[t][1] == part]
-            if attempt.timed_out:
-                self.flag(f"timeout: importing {part}.py ({limit} s)")
-                message = f"{part}.py did not finish importing within {limit} s"
-                status = "timeout"
-                self.timeouts[part] = TIMEOUTS_PER_PART
-            else:
-                self.flag(f"{death} while importing {part}.py")
-                message = f"importing {part}.py ended the process ({death})"
-                status = "crashed"
-            for nodeid in victims:
-                self.record(nodeid, status, message)
-            return
-        part = self.tests[current][1]
-        if attempt.timed_out:
-            self.flag(f"timeout: {current} ({limit} s)")
-            self.record(current, "timeout", f"took longer than the {limit} s time limit")
-            self.timeouts[part] = self.timeouts.get(part, 0) + 1
-            if self.timeouts[part] >= TIMEOUTS_PER_PART:
-                for nodeid in [t for t in self.pending() if self.tests[t][1] == part]:
-                    self.record(nodeid, "failed", f"not run: {part} already timed out twice")
-        else:
-            self.flag(f"{death} during {current}")
-            self.record(
-                current,
-                "crashed",
-                f"the process ended during this test ({death})",
-            )
+    def _line(self, message: dict) -> None:
+        kind = message.get("kind")
+        if kind == "hello":
+            for test in message["tests"]:
+                self.tests[test["nodeid"]] = (test["name"], test["part"], float(test["weight"]))
+        elif kind == "start":
+            self.current = message["nodeid"]
+        elif kind == "result" and message.get("status") in STATUSES:
+            self.record(message["nodeid"], message["status"], message["message"], message["s"])
+            self.current = None
+        elif kind == "flag":
+            self.flag(message["text"])
+        elif kind == "artifact" and len(self.artifacts) < harness.MAX_ARTIFACTS:
+            self.artifacts.append(Artifact(str(message["name"]), message["data"]))
+        elif kind == "done":
+            self.done = True
 
+    def _close_pending(self, status: str, message: str) -> None:
+        for nodeid in self.pending():
+            self.record(nodeid, status, message)
 
-def _death(exitcode: int | None, memory_mb: int) -> str:
-    if exitcode is None:
-        return "lost the process"
-    if exitcode >= 0:
-        return f"exited the interpreter (exit status {exitcode})"
-    number = -exitcode
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        name = f"signal {number}"
-    if number == signal.SIGKILL:
-        return f"killed by {name} (past the memory limit of {memory_mb} MB?)"
-    return f"crashed ({name})"
-
-
-def _kill(process: multiprocessing.process.BaseProcess) -> None:
-    pid = process.pid
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
-
-
-class _Channel:
-    """Parses one child's messages; only lines with its token, in collection order, count."""
-
-    def __init__(self, grading: _Grading, first: bool) -> None:
-        self.grading = grading
-        self.first = first
-        self.token: bytes | None = None
-        self.buffer = b""
-        self.order: list[str] = []  # node ids this child will run, in order
-
-    def feed(self, chunk: bytes, attempt: _Attempt) -> bool:
-        """Take bytes; return whether a valid message arrived (the child is alive and well)."""
-        self.buffer += chunk
-        valid = False
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            valid |= self.line(line, attempt)
-        if len(self.buffer) > MAX_LINE:
-            self.grading.flag("garbage written to the grader's result channel")
-            self.buffer = b""
-        return valid
-
-    def line(self, line: bytes, attempt: _Attempt) -> bool:
-        token, _, payload = line.partition(b" ")
-        if self.token is None:
-            self.token = token
-        elif token != self.token:
-            self.grading.flag("forged message on the grader's result channel (ignored)")
-            return False
-        try:
-            message = ast.literal_eval(payload.decode("utf-8"))
-        except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
-            return False
-        if not isinstance(message, tuple) or not message or not isinstance(message[0], str):
-            return False
-        handler = getattr(self, f"on_{message[0]}", None)
-        try:
-            return bool(handler and handler(attempt, *message[1:]) is not False)
-        except (TypeError, ValueError, KeyError, RecursionError):
-            return False
-
-    def on_hello(self, attempt: _Attempt, tests: list) -> bool:
-        if self.order:
-            return False
-        grading = self.grading
-        for nodeid, name, part, weight in tests:
-            if self.first:
-                grading.tests[str(nodeid)] = (str(name), str(part), float(weight))
-            elif nodeid not in grading.tests:
-                return False
-            self.order.append(str(nodeid))
-        return True
-
-    def on_note(self, attempt: _Attempt, text: str) -> None:
-        pass
-
-    def on_flag(self, attempt: _Attempt, text: str) -> None:
-        self.grading.flag(str(text))
-
-    def on_import(self, attempt: _Attempt, part: str) -> None:
-        attempt.current = f"import:{part}"
-        attempt.student_ran = True
-
-    def on_imported(self, attempt: _Attempt, part: str, problem: str) -> None:
-        attempt.current = None
-
-    def on_start(self, attempt: _Attempt, nodeid: str) -> bool:
-        expected = next((t for t in self.order if t not in self.grading.outcomes), None)
-        if attempt.current is not None or nodeid != expected:
-            return False
-        attempt.current = nodeid
-        attempt.student_ran = True
-        return True
-
-    def on_artifact(self, attempt: _Attempt, name: str, text: str) -> bool:
-        if attempt.current is None or attempt.current.startswith("import:"):
-            return False
-        if len(self.grading.artifacts) >= runner.MAX_ARTIFACTS:
-            return False
-        data = json.loads(text)  # JSON text (see runner); ValueError: not a valid message
-        if not isinstance(data, dict):
-            return False
-        self.grading.artifacts.append(Artifact(str(name), data))
-        return True
-
-    def on_result(
-        self, attempt: _Attempt, nodeid: str, status: str, message: str, duration: float
-    ) -> bool:
-        if nodeid != attempt.current or status not in STATUSES:
-            return False
-        self.grading.record(nodeid, status, str(message), float(duration))
-        attempt.current = None
-        attempt.progressed = True
-        return True
-
-    def on_done(self, attempt: _Attempt) -> bool:
-        if attempt.current is not None:
-            return False
-        attempt.done = True
-        return True
+    def _settle(self) -> None:
+        """A harness that ended early: the running test and the rest get an outcome."""
+        if self.current is not None and self.current not in self.outcomes:
+            self.record(self.current, "error", "the grader's harness stopped during this test")
+            self.flag(f"grader error: the harness stopped during {self.current}")
+        self._close_pending("error", "not run: the grader's harness stopped")

@@ -5,8 +5,8 @@ Started by a sandbox backend (:mod:`autograder.grading.sandbox`) as::
     python -I -B worker.py SUBMISSION THREADS REQUESTS_FD REPLIES_FD
 
 with requests arriving on one descriptor and replies leaving on the other (:mod:`protocol`
-frames). It sees the student's ``flows/`` package (their five files plus the course's given files), this file and
-``protocol.py``: no hidden test, no solution, no path of the course repository or of the output
+frames). It sees the student's ``flows/`` package (their five files plus the course's given
+files), this file, ``protocol.py`` and ``probes.py``: no hidden test, no solution, no path of the course repository or of the output
 folder, no secret. Student objects stay here; the harness names them by handle. Nothing this
 process says is trusted: the harness checks every value it gets back.
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 from autograder.errors import AutograderError
 from autograder.grading.sandbox.base import Backend, WorkerSpec
 from autograder.grading.sandbox.bwrap import BubblewrapBackend
-from autograder.grading.sandbox.unprivileged import UserBackend
+from autograder.grading.sandbox.unprivileged import BASE_UID, UserBackend
 from autograder.grading.sandbox.unsandboxed import NoSandbox
 
 NAMES = ("auto", "bwrap", "user", "none")
-__all__ = ["NAMES", "Backend", "WorkerSpec", "choose"]
+__all__ = ["BASE_UID", "NAMES", "Backend", "UserBackend", "WorkerSpec", "choose"]
 
 
 def choose(name: str = "auto") -> Backend:

@@ -151,4 +151,13 @@ def course_pointers() -> tuple[str, ...]:
                         found.add(path)
                 except OSError:
                     continue
+    # ... and the .pth files that import a hidden finder (they would fail loudly at start-up).
+    stems = {Path(p).stem for p in found if p.endswith(".py")}
+    for folder in folders:
+        for path in glob.glob(os.path.join(folder, "*.pth")):
+            try:
+                if any(stem in Path(path).read_text(errors="replace") for stem in stems):
+                    found.add(path)
+            except OSError:
+                continue
     return tuple(sorted(found))
