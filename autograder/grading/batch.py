@@ -71,6 +71,7 @@ from autograder.grading.reports import (
     write_grades_csv,
     write_reports,
 )
+from autograder.grading.sandbox import choose as choose_sandbox
 from autograder.grading.scoring import part_points, score
 from autograder.grading.supervisor import Supervisor
 from autograder.grading.unpack import StudentFiles, SubmissionError, collect_submission
@@ -127,6 +128,7 @@ def grade_batch(
     parts: list[str] | None = None,
     extensions: Extensions | None = None,
     progress: bool = True,
+    sandbox: str = "auto",
 ) -> list[GradedSubmission]:
     """Grade ``submissions`` into ``out`` (``jobs`` at a time); prints a summary table.
 
@@ -147,7 +149,8 @@ def grade_batch(
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, GradedSubmission] = {}
     bar = tqdm(total=len(names), desc="grading", unit="sub", file=sys.stderr, disable=not progress)
-    with _OnDemand(lambda: Supervisor(assignment)) as supervisor, bar:
+    choose_sandbox(sandbox)  # no OS sandbox here: refuse before anything is graded
+    with _OnDemand(lambda: Supervisor(assignment, sandbox_name=sandbox)) as supervisor, bar:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
             futures = [
