@@ -73,6 +73,21 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(load_course(), jobs=args.jobs)
 
 
+def _mutants(args: argparse.Namespace) -> int:
+    from autograder.mutants import run_command
+
+    course = load_course()
+    return run_command(
+        course,
+        course.assignment(args.assignment),
+        parts=args.part or None,
+        k=args.sample,
+        seed=args.seed,
+        jobs=args.jobs,
+        min_kill_rate=args.min_kill_rate,
+    )
+
+
 def _gradescope(args: argparse.Namespace) -> int:
     from autograder.gradescope import write_gradescope_zip
 
@@ -123,6 +138,19 @@ def make_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="grade the example submissions and print the table")
     demo.add_argument("--jobs", type=int, default=2)
     demo.set_defaults(handler=_demo)
+
+    mutants = commands.add_parser(
+        "mutants", help="grade generated mutants of the solution; kill rate per part"
+    )
+    mutants.add_argument("assignment")
+    mutants.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
+    mutants.add_argument("--part", action="append", help="only this part's mutants (repeatable)")
+    mutants.add_argument("--sample", type=int, default=None, help="grade K mutants drawn at random")
+    mutants.add_argument("--seed", type=int, default=0, help="seed of --sample's draw")
+    mutants.add_argument(
+        "--min-kill-rate", type=float, default=None, help="exit 1 when a part is below (0..1)"
+    )
+    mutants.set_defaults(handler=_mutants)
 
     gradescope = commands.add_parser("gradescope", help="write a Gradescope autograder zip")
     gradescope.add_argument("assignment")
