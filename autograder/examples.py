@@ -8,6 +8,8 @@ list) says how to derive it from the reference solution, e.g.::
       file: change_of_variables        # the student file it edits (stem)
       description: log of det(A) instead of log|det(A)|
       demo: true                       # optional: graded by ``autograder demo``
+      trivial: false                   # optional: true for code that does not attempt the part
+                                       # (identity layers, constants); it must earn <= 10% of it
       replace:                         # ``old`` must occur exactly once in the reference file
         old: torch.linalg.slogdet(self.A)[1]
         new: torch.log(torch.linalg.det(self.A))
@@ -32,7 +34,7 @@ Kind = Literal["mutants", "hostile"]
 KINDS: tuple[Kind, ...] = ("mutants", "hostile")
 # Built-in examples that need no spec: the reference itself and the released stubs.
 REFERENCE, STUBS = "reference", "stubs"
-_KEYS = {"name", "part", "file", "replace", "append", "description", "demo", "expect"}
+_KEYS = {"name", "part", "file", "replace", "append", "description", "demo", "expect", "trivial"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ExampleSpec:
     description: str = ""
     demo: bool = False
     expect: dict[str, Any] | None = None  # free-form expectations for the tests that grade it
+    trivial: bool = False  # code that does not attempt the part: earns at most 10% of it
 
     def apply(self, source: str, where: str) -> str:
         """The reference ``source`` of ``self.file`` with this spec's edit applied."""
@@ -126,6 +129,9 @@ def _parse(entry: Any, index: int, path: Path, assignment: Assignment, kind: Kin
             raise fail("'replace.old' and 'replace.new' must be different strings")
     elif not isinstance(append, str) or not append.strip():
         raise fail("'append' must be a non-empty string of code")
+    trivial = entry.get("trivial", False)
+    if not isinstance(trivial, bool):
+        raise fail("'trivial' must be true or false")
     expect = entry.get("expect")
     if expect is not None and not isinstance(expect, dict):
         raise fail("'expect' must be a mapping")
@@ -139,6 +145,7 @@ def _parse(entry: Any, index: int, path: Path, assignment: Assignment, kind: Kin
         description=str(entry.get("description", "")),
         demo=bool(entry.get("demo", False)),
         expect=expect,
+        trivial=trivial,
     )
 
 
