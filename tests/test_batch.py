@@ -26,12 +26,13 @@ from autograder.grading.batch import (
     StageContext,
     grade_batch,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, CliRunner
 
 pytestmark = pytest.mark.slow
 
 SCHEMA = json.loads((REPO / "tests" / "gradescope_results.schema.json").read_text())
 BROKEN = "broken"
+LINKED = "linked"
 # The batch's own pipeline; the notebook stage and the gradebook sink have their own tests.
 OPTIONS = {"jobs": 2, "progress": False, "extensions": Extensions()}
 
@@ -41,10 +42,15 @@ def submissions(assignment: Assignment, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("submissions")
     broken = root / f"{BROKEN}.zip"
     broken.write_bytes(b"PK\x03\x04 this is not really a zip")
+    # flows/ a link into the course repository: must be refused, not graded as the reference.
+    linked = root / LINKED
+    linked.mkdir()
+    (linked / "flows").symlink_to(assignment.solution_dir / "flows", target_is_directory=True)
     return [
         materialize(assignment, REFERENCE, root / REFERENCE),
         materialize(assignment, STUBS, root / STUBS),
         broken,
+        linked,
     ]
 
 
@@ -80,7 +86,7 @@ def test_stubs_get_zero_without_crashing(assignment: Assignment, graded, out: Pa
     assert "still the stub" in (out / STUBS / "feedback.md").read_text()
 
 
-@pytest.mark.parametrize("name", [REFERENCE, STUBS, BROKEN])
+@pytest.mark.parametrize("name", [REFERENCE, STUBS, BROKEN, LINKED])
 def test_every_results_json_is_valid_gradescope(graded, out: Path, name: str) -> None:
     jsonschema.validate(results(out, name), SCHEMA)
     assert (out / name / "feedback.md").is_file() and (out / name / "feedback.html").is_file()
@@ -96,9 +102,31 @@ def test_broken_zip_gets_complete_results(assignment: Assignment, graded, out: P
     )
 
 
+def test_symlinked_flows_is_refused_and_said_so(graded, out: Path) -> None:
+    linked = results(out, LINKED)
+    assert linked["score"] == 0, "the link into the course repository was followed"
+    assert "refused flows: a symbolic link" in linked["extra_data"]["flags"]
+    feedback = (out / LINKED / "feedback.md").read_text()
+    assert "flows in your submission was refused: it is a symbolic link" in feedback
+    assert "not in your submission" not in feedback
+
+
+def test_missing_submission_path_is_one_line_error_before_grading(
+    autograder_cli: CliRunner, submissions: list[Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "alice-typo"
+    out = tmp_path / "out"
+    result = autograder_cli("grade", "normalizing_flows", submissions[0], missing, "--out", out)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"autograder: error: {missing}: no such submission (not a file or folder)"
+    ]
+    assert not out.exists(), "something was graded before the error"
+
+
 def test_grades_csv_has_one_row_per_submission(assignment: Assignment, graded, out: Path) -> None:
     rows = {row["name"]: row for row in csv.DictReader((out / "grades.csv").open())}
-    assert set(rows) == {REFERENCE, STUBS, BROKEN}
+    assert set(rows) == {REFERENCE, STUBS, BROKEN, LINKED}
     assert float(rows[REFERENCE]["total"]) == sum(assignment.parts.values())
     assert float(rows[STUBS]["total"]) == 0
     assert "not a valid zip file" in rows[BROKEN]["flags"]

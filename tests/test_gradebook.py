@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
@@ -33,6 +35,7 @@ from autograder.grading.batch import GradedSubmission
 from autograder.grading.reports import SubmissionReport
 from autograder.grading.scoring import score
 from autograder.notebook import grade_cells, notebook_id
+from tests.conftest import CliRunner
 
 # nbgrader's CsvExportPlugin columns, in its order.
 NBGRADER_CSV_COLUMNS = [
@@ -189,6 +192,55 @@ def test_export_csv_has_nbgraders_columns(
     assert {float(row["max_score"]) for row in rows.values()} == {assignment.total_points}
 
 
+def test_export_without_a_gradebook_is_a_one_line_error(
+    autograder_cli: CliRunner, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nothing-here.db"
+    out = tmp_path / "grades.csv"
+    result = autograder_cli("export", "--out", out, "--db", f"sqlite:///{missing}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"autograder: error: {missing}: no gradebook database (grade first, or --db)"
+    ]
+    assert not out.exists() and not missing.exists(), "export wrote a file or a database"
+
+
+def test_missing_notebook_scores_zero_everywhere(
+    course: Course, assignment: Assignment, db_url: str, tmp_path: Path
+) -> None:
+    """A submission without the notebook: the notebook stage reports its cells at 0, so
+    results.json, grades.csv and the gradebook all count the notebook's points in the maximum."""
+    from autograder.grading.extensions import StageContext
+    from autograder.grading.notebook_stage import notebook_stage
+    from autograder.grading.reports import grades_row, gradescope_results
+    from autograder.grading.unpack import StudentFiles
+
+    submission = tmp_path / "alice"
+    (submission / "flows").mkdir(parents=True)
+    (submission / "flows" / "coupling.py").write_text("# the student's code\n")
+    context = StageContext(
+        course, assignment, "alice", submission, submission, StudentFiles(), parts=None
+    )
+    outcomes = notebook_stage(context)
+    assert {o.status for o in outcomes} == {"failed"}
+    assert all("explore.ipynb is not in your submission" in o.message for o in outcomes)
+    tests = [models.TestOutcome(f"test_{p}.py::t", p, p, 1.0, "passed") for p in assignment.parts]
+    run = models.SuiteRun(tests=tests + outcomes)
+    report = SubmissionReport("alice", score(assignment, run))
+    graded = GradedSubmission("alice", submission, tmp_path / "out", "key", run, report)
+    GradebookSink(course, assignment, db_url)(graded)
+
+    modules = sum(assignment.parts.values())
+    assert report.score.total == modules and report.score.max_total == assignment.total_points
+    assert grades_row(report, "key")["max"] == assignment.total_points
+    results = gradescope_results(assignment, report)
+    assert sum(t["max_score"] for t in results["tests"]) == pytest.approx(assignment.total_points)
+    with Gradebook(db_url, course.id) as gb:
+        stored = gb.find_submission(assignment.name, "alice")
+        assert stored.score == pytest.approx(modules)
+        assert stored.max_score == pytest.approx(assignment.total_points)
+
+
 def graded_submission(
     assignment: Assignment, out_dir: Path, *, passed: bool, resumed: bool = False
 ) -> GradedSubmission:
@@ -298,3 +350,21 @@ def test_grading_two_students_fills_the_gradebook(
         assert gb.find_submission(assignment.name, "alice").score == pytest.approx(
             by_name["alice"].score.total + 2.0
         )
+    assert_formgrader_works(assignment, tmp_path / "nbgrader", ["alice", "bob"])
+
+
+def assert_formgrader_works(assignment: Assignment, folder: Path, students: list[str]) -> None:
+    """nbgrader's course folder beside the gradebook holds each graded notebook, and nbgrader's
+    own ``generate_feedback`` (the real command, run from that folder) renders every student's
+    notebook feedback from it and the gradebook."""
+    name = assignment.notebook.file
+    for student in students:
+        graded = folder / "autograded" / student / assignment.name / name
+        assert nbformat.read(graded, as_version=4).cells, graded
+    command = ["nbgrader", "generate_feedback", assignment.name, "--force"]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for student in students:
+        html = folder / "feedback" / student / assignment.name / name.replace(".ipynb", ".html")
+        text = html.read_text(encoding="utf-8")
+        assert student in text and "Score" in text, html

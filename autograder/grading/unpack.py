@@ -170,10 +170,11 @@ def _beside_package(names: set[str], name: str) -> str | None:
 
 def _concerns(path: str, reason: str, wanted: list[str]) -> bool:
     """Whether a refusal is worth telling the student: it is (or is on the way to) a place
-    where a student file is looked for, or a link at the top (which may hide ``flows/``)."""
+    where a student file is looked for, or a linked folder at the top (which may hide
+    ``flows/``)."""
     parts = PurePosixPath(path).parts
-    if len(parts) == 1 and reason == SYMLINK:
-        return True
+    if len(parts) == 1 and reason == SYMLINK and "." not in parts[0]:
+        return True  # a linked folder at the top (a file name has a dot)
     return bool(parts) and parts[-1] in {*wanted, PACKAGE}
 
 
