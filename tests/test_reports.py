@@ -24,7 +24,13 @@ import pytest
 
 from autograder.config import Assignment
 from autograder.grading import atomic, models
-from autograder.grading.feedback import build_view, render_html, render_markdown, student_message
+from autograder.grading.feedback import (
+    build_view,
+    points_text,
+    render_html,
+    render_markdown,
+    student_message,
+)
 from autograder.grading.models import Artifact, SuiteRun
 from autograder.grading.plots import EXPECTED_MODELS, draw_pictures
 from autograder.grading.reports import (
@@ -555,3 +561,18 @@ def test_timeout_and_memory_blame_the_function_that_ran(
     results = gradescope_results(assignment, SubmissionReport("slowpoke", graded))
     (oom,) = [t for t in results["tests"] if t["name"] == "[maf] wide MADE"]
     assert oom["status"] == "failed" and oom["output"].startswith("your code needed more memory")
+
+
+def test_a_part_whose_tests_never_reported_is_listed_to_fix(
+    assignment: Assignment, tmp_path: Path
+) -> None:
+    ok = models.TestOutcome("test_maf.py::test_ok", "MADE works", "maf", 1.0, "passed")
+    graded = score(assignment, SuiteRun(tests=[ok]), parts=["maf", "train"])
+    view = build_view(assignment, SubmissionReport("quiet", graded), base=tmp_path)
+    (to_fix,) = parse_html(render_html(view)).find("section", id="to-fix")
+    heading = f"train: 0 / {points_text(assignment.parts['train'])} points"
+    assert [p.text for p in to_fix.find("h3")] == [heading]
+    assert "flows/train.py" in to_fix.first("p", cls="nothing-ran").text
+    assert not to_fix.find("li")
+    markdown_to_fix = render_markdown(view).split("## To fix")[1].split("## Everything else")[0]
+    assert f"### {heading}" in markdown_to_fix and "`flows/train.py`" in markdown_to_fix

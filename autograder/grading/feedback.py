@@ -72,7 +72,7 @@ class FailureView:
     """One failing test, as the student reads it."""
 
     name: str
-    points: str
+    points: str  # "1 point", "8.33 points"
     status: str  # the outcome's status ("failed", "memory", ...): a CSS class in HTML
     status_words: str  # "a wrong result", "out of memory", ...
     hint: str  # what that means for the student
@@ -93,7 +93,7 @@ class PartView:
     ran: int = 0
     failures: list[FailureView] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
-    pending: list[tuple[str, str]] = field(default_factory=list)  # (test, points)
+    pending: list[tuple[str, str]] = field(default_factory=list)  # (test, "2 points")
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -128,6 +128,11 @@ class FeedbackView:
     @property
     def failures(self) -> list[FailureView]:
         return [f for part in self.parts for f in part.failures]
+
+    @property
+    def to_fix(self) -> list[PartView]:
+        """Parts that lost points to a failure, or because none of their tests ran."""
+        return [p for p in self.parts if p.failures or p.nothing_ran]
 
 
 def render_markdown(view: FeedbackView) -> str:
@@ -180,7 +185,7 @@ def _part_view(assignment: Assignment, part: PartScore, *, detailed: bool) -> Pa
     )
     view.passed.extend(display_name(t.outcome) for t in part.passed)
     view.pending.extend(
-        (display_name(t.outcome), points_text(t.max_points)) for t in part.tests if _pending(t)
+        (display_name(t.outcome), points_label(t.max_points)) for t in part.tests if _pending(t)
     )
     view.skipped.extend(display_name(t.outcome) for t in part.skipped)
     return view
@@ -196,7 +201,7 @@ def _failure_view(assignment: Assignment, test: ScoredTest, look_at: str) -> Fai
         look_at, function = f"{PACKAGE}/{where.group(1)}.py", where.group(2)
     return FailureView(
         name=display_name(outcome),
-        points=points_text(test.max_points),
+        points=points_label(test.max_points),
         status=outcome.status,
         status_words=words,
         hint=hint,
@@ -269,6 +274,12 @@ def part_file(assignment: Assignment, part: str) -> str:
 def points_text(value: float) -> str:
     """Points as people write them: ``12.5``, ``25``, ``8.33``."""
     return f"{round(float(value), 2):g}"
+
+
+def points_label(value: float) -> str:
+    """``1 point``, ``8.33 points``."""
+    text = points_text(value)
+    return f"{text} point" if text == "1" else f"{text} points"
 
 
 def _pending(test: ScoredTest) -> bool:
