@@ -339,10 +339,10 @@ def markdown_text(text: str) -> str:
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _INLINE_SYNTAX.sub(lambda m: "\\" + m.group(0), text)
     start = _LINE_START_SYNTAX.match(text)
-    if start:
-        text = (
-            start.group(0) + "\\" + text[start.end() :] if start.group(0).isdigit() else "\\" + text
-        )
+    if start and start.group(0).isdigit():  # "1. x": the dot makes the list, not the number
+        text = f"{start.group(0)}\\{text[start.end() :]}"
+    elif start:
+        text = "\\" + text
     return text
 
 
@@ -359,13 +359,11 @@ def markdown_code_span(text: str) -> Markup:
     return Markup(f"{fence}{padded}{fence}")
 
 
-def markdown_code_block(text: str, indent: int = 0) -> Markup:
-    """``text`` in a fenced block, indented by ``indent`` (to sit inside a list item).
+def markdown_code_block(text: str) -> Markup:
+    """``text`` in a fenced block at the left margin.
 
     The fence is longer than any backtick run in ``text``, so no line of it can close the
     block, and inside a fenced block HTML is shown, never interpreted.
     """
     fence = _fence_for(text, minimum=3)
-    pad = " " * indent
-    lines = [fence, *str(text).splitlines(), fence]
-    return Markup("\n".join(f"{pad}{line}" if line else "" for line in lines))
+    return Markup("\n".join([fence, *str(text).splitlines(), fence]))
