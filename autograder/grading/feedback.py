@@ -1,7 +1,7 @@
 """The student's feedback, ``feedback.md`` and ``feedback.html``, from one view of a submission.
 
 Both files are rendered by Jinja2 from ``templates/`` and from the same :class:`FeedbackView`,
-built once from the :class:`~autograder.grading.reports.SubmissionReport`, so they cannot drift
+built once from the :class:`SubmissionReport` (:mod:`.submission_report`), so they cannot drift
 apart. Every string that came from a submission is hostile: test messages quote the student's
 exceptions and ``sys.exit`` texts, flags quote what the code tried, notes quote file names.
 
@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 from markupsafe import Markup
@@ -32,9 +32,7 @@ from markupsafe import Markup
 from autograder.config import PACKAGE, Assignment
 from autograder.grading.models import TestOutcome
 from autograder.grading.scoring import NOTEBOOK_PART, PartScore, ScoredTest
-
-if TYPE_CHECKING:  # reports imports this module; the report is only a parameter's type here
-    from autograder.grading.reports import SubmissionReport
+from autograder.grading.submission_report import SubmissionReport
 
 MARKDOWN_TEMPLATE = "feedback.md.j2"
 HTML_TEMPLATE = "feedback.html.j2"

@@ -8,20 +8,20 @@ files added::
     <course>/autograded/<student>/<assignment>/...        Autograde: executed, with grades
     <course>/gradebook.db                                  nbgrader's database for that run
 
-**Isolation.** nbgrader executes the student's notebook in a Jupyter kernel (a subprocess) with a
-per-cell timeout (``Execute.timeout`` = ``limits.test_timeout_s``). The whole autograde runs in a
-child process of its own (``python -m autograder.grading.notebook_stage``: nbgrader ``chdir``-s,
-which a threaded batch must not see) in a new session, with an address-space cap
+**Isolation.** nbgrader executes the student's notebook in a Jupyter kernel (a subprocess) with
+a per-cell timeout (``Execute.timeout`` = ``limits.test_timeout_s``). The whole autograde runs
+in a child process of its own (``python -m autograder.grading.notebook_stage``: nbgrader
+``chdir``-s, which a threaded batch must not see) in a new session, with an address-space cap
 (``limits.memory_mb``) that the kernel inherits, one BLAS thread, and a wall-clock bound
 (``limits.submission_timeout_s``) after which the child's whole process group (kernel included)
 is killed. With the ``bwrap`` backend the kernel itself starts inside the worker's sandbox
 (:mod:`autograder.grading.sandbox.kernel`): it sees the folder the notebook runs in and nothing
 else (not the gradebook, not the source notebook, not the course files); it keeps the host's
-network namespace, which nbclient's TCP connection to it needs. Residual risk: nbgrader runs the hidden test cells in that same kernel, so a
-notebook can forge its own cells' outputs (its own 10 points, nothing else). With the ``user``
-or ``none`` backends the kernel runs as the grading user. The child's database is private to the
-submission;
-:mod:`autograder.gradebook` copies the scores into the course's gradebook.
+network namespace, which nbclient's TCP connection to it needs. Residual risk: nbgrader runs the
+hidden test cells in that same kernel, so a notebook can forge its own cells' outputs (its own
+10 points, nothing else). With the ``user`` or ``none`` backends the kernel runs as the grading
+user. The child's database is private to the submission; :mod:`autograder.gradebook` copies the
+scores into the course's gradebook.
 
 **Outcomes.** One :class:`TestOutcome` per graded cell, ``part="notebook"``, its points as
 weight: an autograded test cell passes when nbgrader gave it full points; a written answer is

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from autograder.config import Assignment
 from autograder.grading import atomic, feedback
 from autograder.grading.feedback import display_name, points_text, status_words, student_message
 from autograder.grading.models import TestOutcome
-from autograder.grading.plots import Pictures
-from autograder.grading.scoring import Score, ScoredTest, part_points
+from autograder.grading.scoring import ScoredTest, part_points
+from autograder.grading.submission_report import SubmissionReport
 
 RESULTS = "results.json"
 FEEDBACK_MD = "feedback.md"
@@ -33,19 +32,6 @@ GRADES_CSV = "grades.csv"
 
 # A written answer in the notebook, scored later by hand (status "pending").
 PENDING_OUTPUT = "graded by a TA (pending): the points appear once a TA has scored it"
-
-
-@dataclass(frozen=True)
-class SubmissionReport:
-    """Everything the reports of one submission are made from."""
-
-    name: str
-    score: Score
-    flags: list[str] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    error: str | None = None  # why the submission could not be graded at all
-    notes: list[str] = field(default_factory=list)  # for the student, e.g. a missing file
-    pictures: Pictures | None = None
 
 
 def write_reports(dest: Path, assignment: Assignment, report: SubmissionReport) -> None:

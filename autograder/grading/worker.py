@@ -6,9 +6,10 @@ Started by a sandbox backend (:mod:`autograder.grading.sandbox`) as::
 
 with requests arriving on one descriptor and replies leaving on the other (:mod:`protocol`
 frames). It sees the student's ``flows/`` package (their five files plus the course's given
-files), this file, ``protocol.py`` and ``probes.py``: no hidden test, no solution, no path of the course repository or of the output
-folder, no secret. Student objects stay here; the harness names them by handle. Nothing this
-process says is trusted: the harness checks every value it gets back.
+files), this file, ``protocol.py`` and ``probes.py``: no hidden test, no solution, no path of
+the course repository or of the output folder, no secret. Student objects stay here; the harness
+names them by handle. Nothing this process says is trusted: the harness checks every value it
+gets back.
 
 It is a plain module, not part of the ``autograder`` package (which the sandbox cannot see).
 """
@@ -32,7 +33,8 @@ class Recorder:
 
     ``stop``: ``{"after": n, "window": w, "above": b}`` stops training (raises
     :class:`StopTraining`) once ``n`` steps are in and the mean of the last ``w`` losses is
-    above ``b``; the harness sets ``b`` far above what every correct ``train`` reaches.
+    above ``b`` (or below ``"below"``, if given, or not a number); the harness sets the bounds
+    far outside what every correct ``train`` reaches.
     """
 
     def __init__(self, stop: dict[str, Any] | None) -> None:
@@ -47,7 +49,9 @@ class Recorder:
         rule = self.stop
         if rule and len(self.losses) >= rule["after"]:
             recent = self.losses[-rule["window"] :]
-            if sum(recent) / len(recent) > rule["above"]:
+            mean = sum(recent) / len(recent)
+            low, high = rule.get("below", -float("inf")), rule.get("above", float("inf"))
+            if not low <= mean <= high:  # NaN too
                 self.stopped = True
                 raise StopTraining(
                     f"stopped at step {len(self.losses)}: the mean loss of the last "
