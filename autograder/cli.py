@@ -63,6 +63,7 @@ def _grade(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         db_url=args.db,
         parts=args.part or None,
+        sandbox=args.sandbox,
     )
     return 0
 
@@ -132,6 +133,13 @@ def make_parser() -> argparse.ArgumentParser:
     grade.add_argument("--db", default=None, help="gradebook SQLAlchemy URL (default: SQLite)")
     grade.add_argument(
         "--part", action="append", help="grade only this part (repeatable); for re-grades"
+    )
+    grade.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "user", "none"),
+        default="auto",
+        help="how student code is isolated (default: the best available; `none` flags every "
+        "result no-sandbox)",
     )
     grade.set_defaults(handler=_grade)
 
