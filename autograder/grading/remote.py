@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from autograder.grading.sandbox.base import make_runtime
 
 STARTUP_TIMEOUT_S = 120.0  # a cold `import torch` on a loaded host takes seconds, not minutes
 MAX_LOG_KEPT = 20_000  # characters of the worker's output kept for staff
+MAX_LOG_HEAD = 1 << 20  # bytes of the worker's output written to its log, per start
 MEMORY_MARKERS = ("can't allocate memory", "Cannot allocate memory", "out of memory")
 
 
@@ -98,6 +100,7 @@ class Session:
         self._next_id = 0
         self._pending = False
         self._began = 0.0
+        self._drain: OutputDrain | None = None
         self.runtime = make_runtime(self.base)
         self.startups: list[float] = []  # seconds each start took (for benchmarks)
 
@@ -117,14 +120,15 @@ class Session:
         (scratch / "tmp").mkdir()
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
-        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log, log_w = os.pipe()
+        self._drain = OutputDrain(log, self.log_path)
         spec = WorkerSpec(
             scratch=scratch,
             runtime=self.runtime,
             limits=self.limits,
             requests=requests_r,
             replies=replies_w,
-            log=log,
+            log=log_w,
             threads=self.threads,
             slot=self.slot,
             gpu=self.gpu,
@@ -132,7 +136,7 @@ class Session:
         try:
             self._process = self.backend.start(spec)
         finally:
-            for fd in (requests_r, replies_w, log):
+            for fd in (requests_r, replies_w, log_w):
                 os.close(fd)
         self._spec, self._fds = spec, (replies_r, requests_w)
         self.generation += 1
@@ -175,6 +179,8 @@ class Session:
         return self._process is not None
 
     def log_tail(self, limit: int = MAX_LOG_KEPT) -> str:
+        if self._drain is not None:
+            self._drain.join(timeout=1)
         try:
             with open(self.log_path, "rb") as handle:
                 handle.seek(0, os.SEEK_END)
@@ -278,6 +284,37 @@ class Session:
 
     def _handle(self, ident: int, path: tuple, name: str) -> Handle:
         return Handle(self, ident, path, name, self.generation)
+
+
+class OutputDrain(threading.Thread):
+    """Reads the worker's stdout/stderr as it comes and keeps a bounded part of it.
+
+    The first :data:`MAX_LOG_HEAD` bytes go to the log file, then only a rolling tail; the rest
+    is counted and dropped. Printing never fails or blocks the worker, and 300 MB on stdout
+    costs the harness a read loop, not memory.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.path = fd, path
+        self.start()
+
+    def run(self) -> None:
+        written, dropped, tail = 0, 0, b""
+        with open(self.path, "ab") as log:
+            while chunk := os.read(self.fd, 1 << 16):
+                if written < MAX_LOG_HEAD:
+                    keep = chunk[: MAX_LOG_HEAD - written]
+                    log.write(keep)
+                    written += len(keep)
+                    chunk = chunk[len(keep) :]
+                if chunk:
+                    dropped += len(chunk)
+                    tail = (tail + chunk)[-MAX_LOG_KEPT:]
+            if dropped:
+                log.write(f"\n[... {dropped} bytes of output dropped; the last ones:]\n".encode())
+                log.write(tail)
+        os.close(self.fd)
 
 
 class Handle:
