@@ -2,30 +2,34 @@
 
 On the reference solution every check passes; on the generated stubs every check fails with the
 one line "not implemented yet: <part>.<name>" and no traceback, and a per-part summary follows.
+On a copy of the reference with one common mistake, the checks of that part fail, saying why.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from autograder.config import Assignment
+from autograder.config import PACKAGE, Assignment
+from autograder.examples import ExampleSpec, find_spec
 
 NOT_IMPLEMENTED = re.compile(r"^not implemented yet: (\w+)\.[\w.]+$")
 SECTION = re.compile(r"^=+ (.+?) =+$")
 TEST_HEADER = re.compile(r"^_+ (.+?) _+$")
 
 
-def run_public_tests(folder: Path) -> subprocess.CompletedProcess[str]:
-    """``pytest`` in ``folder``, leaving no bytecode behind in the repository."""
+def run_public_tests(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pytest [args]`` in ``folder``, leaving no bytecode behind in the repository."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PYTEST_ADDOPTS", None)
-    command = [sys.executable, "-m", "pytest"]
+    command = [sys.executable, "-m", "pytest", *args]
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -93,3 +97,121 @@ def test_every_public_check_fails_in_one_line_on_the_stubs(assignment: Assignmen
     for part, (checks, points) in table.items():
         assert checks.startswith("0/") and float(points) == assignment.parts[part]
     assert sum(int(checks.split("/")[1]) for checks, _ in table.values()) == failed
+
+
+# --- the mistakes the public checks must catch ------------------------------------------------
+
+# A RealNVP layer whose log-det comes from the full autograd Jacobian, one sample at a time: right
+# on 4 features, hopeless on 2048.
+FULL_JACOBIAN_COUPLING = ExampleSpec(
+    name="affine_coupling_full_jacobian",
+    file="coupling",
+    part="coupling",
+    old="return z * torch.exp(log_scale) + shift, log_scale.sum(-1)",
+    new="""x = z * torch.exp(log_scale) + shift
+
+        def one(v):
+            t, s = self._shift_and_log_scale(self.mask * v)
+            return v * torch.exp(s) + t
+
+        jacobians = [torch.autograd.functional.jacobian(one, row) for row in z]
+        return x, torch.stack([torch.linalg.slogdet(j).logabsdet for j in jacobians])""",
+)
+# A MAF density pass whose log-det is the slogdet of torch.func's batched Jacobian.
+FULL_JACOBIAN_MAF = ExampleSpec(
+    name="maf_inverse_full_jacobian",
+    file="maf",
+    part="maf",
+    old="return (x - shift) * torch.exp(-log_scale), -log_scale.sum(-1)",
+    new="""def one(v):
+            t, s = self.made(v[None])
+            return ((v[None] - t) * torch.exp(-s))[0]
+
+        jacobians = torch.func.vmap(torch.func.jacrev(one))(x)
+        return (x - shift) * torch.exp(-log_scale), torch.linalg.slogdet(jacobians).logabsdet""",
+)
+# Degrees 0..d-1 whatever the order: with positive weights every forbidden path shows.
+MADE_IGNORES_ORDER = "made_ignores_order"
+TRAIN_IGNORES_SEED = "train_ignores_seed"  # minibatches from torch's global random state
+# A generator seeded with a constant instead of ``seed``: reproducible, but every seed is alike.
+TRAIN_FIXED_SEED = ExampleSpec(
+    name="train_fixed_seed",
+    file="train",
+    part="train",
+    old="generator = torch.Generator(device=device).manual_seed(seed)",
+    new="generator = torch.Generator(device=device).manual_seed(0)",
+)
+
+
+@dataclass(frozen=True)
+class Caught:
+    """A mistake, the public checks that must fail on it, and what their report must say."""
+
+    mistake: ExampleSpec | str  # a spec, or the name of one in tests/examples
+    failing: frozenset[str]  # test ids in its part's file, as pytest reports them
+    says: str  # a phrase of the failure message, in the lesson's terms
+
+
+CAUGHT = [
+    Caught(
+        FULL_JACOBIAN_COUPLING,
+        frozenset({"test_wide_layer_needs_no_determinant[AffineCoupling]"}),
+        "AffineCoupling(2048).forward with 2048 features called torch's grad",
+    ),
+    Caught(
+        FULL_JACOBIAN_MAF,
+        frozenset({"test_maf_density_needs_no_determinant"}),
+        "MAF(2048).inverse with 2048 features called torch's grad",
+    ),
+    Caught(
+        MADE_IGNORES_ORDER,
+        frozenset({"test_made_is_autoregressive_in_any_order"}),
+        "which does not come before it in the order",
+    ),
+    Caught(
+        TRAIN_IGNORES_SEED,
+        frozenset({"test_train_is_reproducible", "test_train_seed_chooses_the_minibatches"}),
+        "draw the same minibatches",
+    ),
+    Caught(
+        TRAIN_FIXED_SEED,
+        frozenset({"test_train_seed_chooses_the_minibatches"}),
+        "`seed` does not choose the minibatches",
+    ),
+]
+
+
+def mutated_copy(assignment: Assignment, spec: ExampleSpec, where: str, dest: Path) -> Path:
+    """A copy of the reference folder (code, public tests, pytest.ini) with ``spec`` applied."""
+    junk = shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.ipynb")
+    shutil.copytree(assignment.solution_dir, dest, ignore=junk)
+    student_file = dest / PACKAGE / f"{spec.file}.py"
+    student_file.write_text(spec.apply(student_file.read_text(encoding="utf-8"), where))
+    return dest
+
+
+def failed_tests(output: str, test_file: str) -> set[str]:
+    """The ids of the tests pytest's short summary lists as failed or errored."""
+    pattern = re.compile(rf"^(?:FAILED|ERROR) tests/{re.escape(test_file)}::(\S+)")
+    return {m.group(1) for line in output.splitlines() if (m := pattern.match(line))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "caught", CAUGHT, ids=lambda c: c.mistake if isinstance(c.mistake, str) else c.mistake.name
+)
+def test_public_checks_catch_common_mistakes(
+    assignment: Assignment, tmp_path: Path, caught: Caught
+) -> None:
+    if isinstance(caught.mistake, str):
+        spec, where = find_spec(assignment, caught.mistake)
+    else:
+        spec, where = caught.mistake, "tests/test_public_suite.py"
+    folder = mutated_copy(assignment, spec, str(where), tmp_path / assignment.name)
+    test_file = f"test_{spec.part}.py"
+    result = run_public_tests(folder, f"tests/{test_file}", "-rfE")
+    output = result.stdout
+    assert result.returncode == 1, output[-3000:] + result.stderr
+    assert failed_tests(output, test_file) == set(caught.failing), output[-3000:]
+    assert caught.says in output, output[-3000:]
+    assert "Traceback" not in output

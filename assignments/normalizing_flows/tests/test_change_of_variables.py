@@ -23,9 +23,16 @@ def test_uniform_1d_stretched_by_3():
     with torch.no_grad():
         density = log_prob(flow, uniform(1), x[:, None]).exp()
     inside = (x > 1) & (x < 4)
-    assert torch.allclose(density[inside], torch.tensor(1 / 3, dtype=torch.float64))
-    assert (density[~inside] == 0).all()
-    assert abs(density.sum().item() * step - 1) < 1e-3
+    assert torch.allclose(density[inside], torch.tensor(1 / 3, dtype=torch.float64)), (
+        "x = 3z + 1 stretches [0, 1] three times onto [1, 4], so the density there is 1/3; got "
+        f"values from {density[inside].min().item():.4f} to {density[inside].max().item():.4f}"
+    )
+    outside = x[~inside][density[~inside] != 0]
+    assert len(outside) == 0, (
+        f"outside [1, 4] the density should be 0, but it is not at x = {outside[0].item():.4f}"
+    )
+    area = density.sum().item() * step
+    assert abs(area - 1) < 1e-3, f"the density of X should integrate to 1, got {area:.4f}"
 
 
 def test_uniform_square_stretched_along_x():
@@ -38,9 +45,18 @@ def test_uniform_square_stretched_along_x():
     with torch.no_grad():
         density = log_prob(flow, uniform(2), x).exp()
     inside = (x[:, 0] > 0) & (x[:, 0] < 2) & (x[:, 1] > 0) & (x[:, 1] < 1)
-    assert torch.allclose(density[inside], torch.tensor(0.5, dtype=torch.float64))
-    assert (density[~inside] == 0).all()
-    assert abs(density.sum().item() * step**2 - 1) < 1e-3
+    assert torch.allclose(density[inside], torch.tensor(0.5, dtype=torch.float64)), (
+        "A = [[2, 0], [0, 1]] doubles areas, so the density on [0, 2] x [0, 1] is 1/|det A| = "
+        f"1/2; got values from {density[inside].min().item():.4f} to "
+        f"{density[inside].max().item():.4f}"
+    )
+    outside = x[~inside][density[~inside] != 0]
+    assert len(outside) == 0, (
+        "outside [0, 2] x [0, 1] the density should be 0, but it is not at x = "
+        f"{outside[0].tolist()}"
+    )
+    area = density.sum().item() * step**2
+    assert abs(area - 1) < 1e-3, f"the density of X should integrate to 1, got {area:.4f}"
 
 
 def test_affine_gaussian_with_negative_determinant():
@@ -53,13 +69,29 @@ def test_affine_gaussian_with_negative_determinant():
         x, forward_logdet = flow.forward(z)
         z_back, inverse_logdet = flow.inverse(x)
         log_p = log_prob(flow, standard_normal(2, dtype=torch.float64), x)
-    assert torch.allclose(z_back, z)
-    assert forward_logdet.shape == inverse_logdet.shape == (16,)
-    assert torch.allclose(
-        forward_logdet, torch.full_like(forward_logdet, torch.log(torch.tensor(2.0)))
+    error = float((z_back - z).abs().max())
+    assert error < 1e-10, (
+        f"Affine.inverse should undo x = z @ A.T + b; the largest difference is {error:.3g}"
     )
-    assert torch.allclose(inverse_logdet, -forward_logdet)
-    assert torch.allclose(log_p, MultivariateNormal(b, A @ A.T).log_prob(x))
+    shapes = (tuple(forward_logdet.shape), tuple(inverse_logdet.shape))
+    assert shapes == ((16,), (16,)), (
+        "forward and inverse on 16 samples should each return one log|det J| per sample, "
+        f"shape (16,); got {shapes}"
+    )
+    log_2 = torch.log(torch.tensor(2.0, dtype=torch.float64))
+    assert torch.allclose(forward_logdet, log_2.expand(16)), (
+        "det A = -2, so log|det J_f| = log|det A| = log 2 = 0.6931 for every sample (the "
+        f"absolute value: a reflection still has a density); got {forward_logdet[0].item():.4f}"
+    )
+    assert torch.allclose(inverse_logdet, -forward_logdet), (
+        "log|det J_{f^{-1}}| should be -log|det A| = -0.6931; got "
+        f"{inverse_logdet[0].item():.4f}"
+    )
+    expected = MultivariateNormal(b, A @ A.T).log_prob(x)
+    assert torch.allclose(log_p, expected), (
+        "N(0, I) pushed through x = Az + b is N(b, A A^T): log_prob of sample 0 should be "
+        f"{expected[0].item():.4f}, got {log_p[0].item():.4f}"
+    )
 
 
 def test_sample_is_one_forward_pass():
@@ -70,6 +102,15 @@ def test_sample_is_one_forward_pass():
     torch.manual_seed(0)
     with torch.no_grad():
         x = sample(flow, standard_normal(2, dtype=torch.float64), 1000)
-    assert x.shape == (1000, 2)
-    assert torch.allclose(x.mean(0), flow.b, atol=0.02)
-    assert torch.allclose(x.std(0), torch.full((2,), 0.1, dtype=torch.float64), atol=0.01)
+    assert tuple(x.shape) == (1000, 2), (
+        "sample(flow, base, 1000) in 2 dimensions should have shape (1000, 2), got "
+        f"{tuple(x.shape)}"
+    )
+    mean, std = x.mean(0), x.std(0)
+    assert torch.allclose(mean, flow.b, atol=0.02), (
+        "samples of x = 0.1 z + (5, -5) should have mean (5, -5), pushed through flow.forward; "
+        f"got {mean.tolist()}"
+    )
+    assert torch.allclose(std, torch.full((2,), 0.1, dtype=torch.float64), atol=0.01), (
+        f"samples of x = 0.1 z + (5, -5) should have standard deviation 0.1, got {std.tolist()}"
+    )

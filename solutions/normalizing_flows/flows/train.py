@@ -8,6 +8,8 @@ KL divergence from the data distribution to the model, up to a constant).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
@@ -37,6 +39,7 @@ def train(
     lr: float = 1e-3,
     device: torch.device | str | None = None,
     seed: int = 0,
+    callback: Callable[[int, float], object] | None = None,
 ) -> list[float]:
     """Fit ``flow`` to ``data`` (``(n, d)``) with Adam on minibatch NLLs under ``N(0, I)``.
 
@@ -44,6 +47,11 @@ def train(
     generator seeded with ``seed``, so a run is reproducible. The flow and the data move to
     ``device`` (``None``: :func:`default_device`) and the flow stays there.
     Returns the loss of every step (``steps`` floats).
+
+    ``callback``, when given, is called as ``callback(step, loss)`` right after each step:
+    ``step`` counts from 0 to ``steps - 1`` (the index of that step's loss in the returned
+    list) and ``loss`` is that step's loss as a Python float. It lets one call of ``train``
+    drive a progress bar or a live plot; without it the loop never waits for the loss.
     """
     ### BEGIN SOLUTION
     device = default_device() if device is None else torch.device(device)
@@ -66,5 +74,7 @@ def train(
         loss.backward()
         optimizer.step()
         losses[step] = loss.detach()
+        if callback is not None:  # .item() waits for the device, so only when asked for
+            callback(step, loss.item())
     return losses.tolist()
     ### END SOLUTION

@@ -19,7 +19,22 @@ def test_sequential_of_affines_is_their_product():
     with torch.no_grad():
         x, logdet = flow.forward(z)
         z_back, inverse_logdet = flow.inverse(x)
-    assert torch.allclose(x, (z @ A1.T + b1) @ A2.T + b2)
-    assert torch.allclose(logdet, torch.full((8,), math.log(2.0 * 1.5), **DOUBLE))
-    assert torch.allclose(z_back, z)
-    assert torch.allclose(inverse_logdet, -logdet)
+    expected = (z @ A1.T + b1) @ A2.T + b2
+    assert torch.allclose(x, expected), (
+        "Sequential(f1, f2).forward should apply f1 first, then f2: x = A2 (A1 z + b1) + b2; "
+        f"for z[0] = {z[0].tolist()} expected {expected[0].tolist()}, got {x[0].tolist()}"
+    )
+    total = math.log(2.0) + math.log(1.5)
+    assert torch.allclose(logdet, torch.full((8,), total, **DOUBLE)), (
+        "the log-dets of stacked layers add: log|det A1| + log|det A2| = log 2 + log 1.5 = "
+        f"{total:.4f} for every sample; got {logdet.tolist()}"
+    )
+    error = float((z_back - z).abs().max())
+    assert error < 1e-10, (
+        "Sequential.inverse should undo the layers in reverse order (f2 first, then f1) and "
+        f"give back z; the largest difference is {error:.3g}"
+    )
+    assert torch.allclose(inverse_logdet, -logdet), (
+        "Sequential.inverse's log-det should be the sum of the layers' inverse log-dets, "
+        f"-{total:.4f} for every sample; got {inverse_logdet.tolist()}"
+    )
