@@ -34,7 +34,8 @@ def test_every_mutant_materializes_with_one_edit(assignment, tmp_path):
             if (dest / "flows" / name).read_text() != (reference / name).read_text()
         ]
         assert changed == [f"{spec.file}.py"], spec.name
-        assert spec.new in (dest / "flows" / changed[0]).read_text(), spec.name
+        edit = spec.new if spec.append is None else spec.append.rstrip("\n")
+        assert edit in (dest / "flows" / changed[0]).read_text(), spec.name
 
 
 def test_reference_is_the_solution_unchanged(assignment, tmp_path):

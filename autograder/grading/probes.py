@@ -44,3 +44,25 @@ class Diagonal(Flow):
 
     def device_types(self) -> list[str]:
         return sorted({p.device.type for p in self.parameters()})
+
+
+def made_passes(flow: torch.nn.Module, direction: str, x: Tensor) -> tuple[object, int]:
+    """``flow.<direction>(x)`` and how many forward calls its ``MADE`` submodules made.
+
+    MAF's density is one MADE pass and its sampling ``features`` passes; a forward hook on
+    every submodule that is a ``flows.maf.MADE`` counts them where the layer runs.
+    """
+    from flows.maf import MADE
+
+    calls = [0]
+
+    def count(*_: object) -> None:
+        calls[0] += 1
+
+    hooks = [m.register_forward_hook(count) for m in flow.modules() if isinstance(m, MADE)]
+    try:
+        out = getattr(flow, direction)(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, calls[0] if hooks else -1
