@@ -8,9 +8,12 @@ the right thing with *this* flow?". Copied into the worker's sandbox beside ``wo
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution, Independent, Uniform
 
 from flows.base import Flow
 
@@ -39,11 +42,128 @@ class Diagonal(Flow):
 
     def set(self, log_scale: list[float], shift: list[float]) -> None:
         with torch.no_grad():
-            self.log_scale.copy_(torch.tensor(log_scale))
-            self.shift.copy_(torch.tensor(shift))
+            self.log_scale.copy_(torch.tensor(log_scale, dtype=self.log_scale.dtype))
+            self.shift.copy_(torch.tensor(shift, dtype=self.shift.dtype))
 
     def device_types(self) -> list[str]:
         return sorted({p.device.type for p in self.parameters()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Bases and flows with densities known by hand (change of variables, composition).
+
+
+def uniform01(dim: int) -> Distribution:
+    """``U(0, 1)^dim`` in float64 whose ``log_prob`` is ``-inf`` outside the cube (no error)."""
+    low = torch.zeros(dim, dtype=torch.float64)
+    high = torch.ones(dim, dtype=torch.float64)
+    return Independent(Uniform(low, high, validate_args=False), 1, validate_args=False)
+
+
+class Exp(Flow):
+    """``x = exp(z)``: ``log|det J_f(z)| = sum z``, ``log|det J_{f^{-1}}(x)| = -sum log x``."""
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z.exp(), z.sum(-1)
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x.log(), -x.log().sum(-1)
+
+
+class CountingShift(Flow):
+    """``x = z + 5``, counting how often each direction runs (``calls``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = {"forward": 0, "inverse": 0}
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.calls["forward"] += 1
+        return z + 5.0, z.new_zeros(z.shape[0])
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.calls["inverse"] += 1
+        return x - 5.0, x.new_zeros(x.shape[0])
+
+
+class ScaleShift(Flow):
+    """``x = a z + b`` elementwise (learnable, float64): ``log|det J_f| = d log|a|``."""
+
+    def __init__(self, a: float, b: float) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float64))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.a * z + self.b, self.a.abs().log().expand(z.shape[0]) * z.shape[1]
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return (x - self.b) / self.a, -self.a.abs().log().expand(x.shape[0]) * x.shape[1]
+
+
+class Sinh(Flow):
+    """``x = sinh(z)`` elementwise: ``log|det J_f(z)| = sum log cosh z`` (differs per sample)."""
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.sinh(z), torch.cosh(z).log().sum(-1)
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = torch.asinh(x)
+        return z, -torch.cosh(z).log().sum(-1)
+
+
+class Swirl(Flow):
+    """``x = (z_0, z_1 + z_0^2)``: a shear along a parabola, ``log|det J| = 0``."""
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.stack([z[:, 0], z[:, 1] + z[:, 0] ** 2], -1), z.new_zeros(z.shape[0])
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.stack([x[:, 0], x[:, 1] - x[:, 0] ** 2], -1), x.new_zeros(x.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions about a student module that need the worker's autograd or devices. The answers are
+# the worker's word: the suites use them to find out what happened, and check values themselves.
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """How many parameters ``module.parameters()`` reaches (what an optimizer would get)."""
+    return sum(1 for _ in module.parameters())
+
+
+def backward_of_sum(flow: Flow, z: Tensor) -> None:
+    """``(x.sum() + log_det.sum()).backward()`` for ``(x, log_det) = flow(z)``.
+
+    The test then fetches ``layer.a.grad`` of its own layers and compares it with the gradient
+    it computed itself: a layer that ``forward`` skipped or detached has none, or a wrong one.
+    """
+    x, log_det = flow(z)
+    total = x.sum() + log_det.sum()
+    if total.requires_grad:  # else no layer ran: every gradient stays None, which the test says
+        total.backward()
+
+
+def device_types(module: torch.nn.Module) -> list[str]:
+    """The device types (``cpu``, ``cuda``) of ``module``'s parameters, sorted."""
+    return sorted({p.device.type for p in module.parameters()})
+
+
+def cuda_available() -> bool:
+    """Whether this worker (not the harness) can use a CUDA device."""
+    return torch.cuda.is_available()
+
+
+def call_on_own_device(flow: Flow, direction: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``flow.<direction>(x)`` with ``x`` moved to the device and dtype of ``flow``'s parameters.
+
+    A flow trained on CUDA stays there; the harness's tensors arrive on the CPU.
+    """
+    if direction not in ("forward", "inverse"):
+        raise ValueError(f"direction must be 'forward' or 'inverse', not {direction!r}")
+    parameter = next(flow.parameters())
+    with torch.no_grad():
+        return getattr(flow, direction)(x.to(device=parameter.device, dtype=parameter.dtype))
 
 
 def made_passes(flow: torch.nn.Module, direction: str, x: Tensor) -> tuple[object, int]:
@@ -66,3 +186,19 @@ def made_passes(flow: torch.nn.Module, direction: str, x: Tensor) -> tuple[objec
         for hook in hooks:
             hook.remove()
     return out, calls[0] if hooks else -1
+
+
+def gradients(loss_fn: Callable[..., Tensor], module: torch.nn.Module, *args: Any) -> Any:
+    """The gradients of ``loss_fn(module, *args)`` for each parameter of ``module``, in order.
+
+    ``None`` when the loss is not a tensor attached to the parameters (e.g. taken with
+    ``.item()``); a parameter the loss does not reach has ``None``. The test compares the
+    numbers with the gradient it computes itself.
+    """
+    for parameter in module.parameters():
+        parameter.grad = None
+    loss = loss_fn(module, *args)
+    if not isinstance(loss, Tensor) or not loss.requires_grad or loss.numel() != 1:
+        return None
+    loss.backward()
+    return [parameter.grad for parameter in module.parameters()]

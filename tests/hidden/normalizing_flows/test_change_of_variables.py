@@ -1,7 +1,10 @@
 """Hidden tests of ``flows/change_of_variables.py``: ``log_prob``, ``sample`` and ``Affine``.
 
 ``log p_X(x) = log p_Z(f^{-1}(x)) + log|det J_{f^{-1}}(x)|``; the anchors are 1-D maps whose
-density is known by hand, then 2-D matrices that defeat the usual shortcuts.
+density is known by hand, then 2-D matrices that defeat the usual shortcuts. The student's code
+runs in the worker; the flows and bases handed to ``log_prob``/``sample`` that are not the
+student's are the course's probes (``probes.Exp``, ``probes.uniform01``, ...). Every expected
+value is computed here, in float64, from the numbers sent.
 """
 
 from __future__ import annotations
@@ -10,51 +13,31 @@ import math
 
 import pytest
 import torch
+from conftest import expect_pair, expect_tensor, fetch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, LogNormal, MultivariateNormal, Uniform
-
-from flows.base import Flow, standard_normal
-
-
-def uniform01(dim: int) -> Distribution:
-    """``U(0, 1)^dim`` whose ``log_prob`` is ``-inf`` outside the cube instead of raising."""
-    low, high = torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64)
-    return Independent(Uniform(low, high, validate_args=False), 1, validate_args=False)
-
-
-class Exp(Flow):
-    """``x = exp(z)``: ``log|det J_f(z)| = sum z``, ``log|det J_{f^{-1}}(x)| = -sum log x``."""
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return z.exp(), z.sum(-1)
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x.log(), -x.log().sum(-1)
-
-
-class CountingShift(Flow):
-    """``x = z + 5``, counting how often each direction runs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = {"forward": 0, "inverse": 0}
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        self.calls["forward"] += 1
-        return z + 5.0, z.new_zeros(z.shape[0])
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.calls["inverse"] += 1
-        return x - 5.0, x.new_zeros(x.shape[0])
+from torch.distributions import LogNormal, MultivariateNormal
 
 
 def fmt(values: Tensor) -> str:
     return "[" + ", ".join(f"{v:.4f}" for v in values.flatten().tolist()) + "]"
 
 
-def affine(change_of_variables, A: list[list[float]], b: list[float]) -> Flow:
+def affine(change_of_variables, A: list[list[float]], b: list[float]):
+    """The student's ``Affine(A, b)`` in float64 (a handle)."""
     A_, b_ = torch.tensor(A, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
     return change_of_variables.Affine(A_, b_).double()
+
+
+def log_prob_of(change_of_variables, flow, base, x: Tensor) -> Tensor:
+    """The student's ``log_prob(flow, base, x)``, checked to be one number per point."""
+    got = change_of_variables.log_prob(flow, base, x)
+    n = x.shape[0]
+    return expect_tensor(got, f"log_prob of {n} points", (n,)).double()
+
+
+def normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` per row, computed here."""
+    return -0.5 * (z.double() ** 2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
 # (name, A, b, the uniform's image [lo, hi], its density)
@@ -69,44 +52,47 @@ ANCHORS = [
 @pytest.mark.parametrize(
     ("name", "A", "b", "support", "density"), ANCHORS, ids=[a[0] for a in ANCHORS]
 )
-def test_uniform_anchors(change_of_variables, name, A, b, support, density):
+def test_uniform_anchors(change_of_variables, probes, name, A, b, support, density):
     """The density of an affine map of U(0, 1) is 1/|a| on the image and 0 outside it"""
     flow = affine(change_of_variables, A, b)
     lo, hi = support
-    inside = torch.tensor([[lo + 0.1 * (hi - lo)], [lo + 0.5 * (hi - lo)], [hi - 0.05 * (hi - lo)]])
-    got = change_of_variables.log_prob(flow, uniform01(1), inside.double())
+    inside = torch.tensor(
+        [[lo + 0.1 * (hi - lo)], [lo + 0.5 * (hi - lo)], [hi - 0.05 * (hi - lo)]],
+        dtype=torch.float64,
+    )
+    got = log_prob_of(change_of_variables, flow, probes.uniform01(1), inside)
     expected = math.log(density)
-    assert got.shape == (3,), f"log_prob of 3 points should have shape (3,), got {tuple(got.shape)}"
     assert torch.allclose(got, torch.full_like(got, expected), atol=1e-6), (
         f"log p_X(x) for {name}, z ~ U(0, 1), at x = {fmt(inside)}: expected "
         f"log({density:.4g}) = {expected:.4f} everywhere on [{lo:g}, {hi:g}], got {fmt(got)}"
     )
     outside = torch.tensor([[lo - 0.5], [hi + 0.5]], dtype=torch.float64)
-    got = change_of_variables.log_prob(flow, uniform01(1), outside)
+    got = log_prob_of(change_of_variables, flow, probes.uniform01(1), outside)
     assert torch.all(got == -math.inf), (
         f"log p_X(x) for {name}, z ~ U(0, 1), at x = {fmt(outside)} (outside [{lo:g}, {hi:g}]): "
         f"expected -inf (density 0), got {fmt(got)}"
     )
 
 
-def test_gaussian_anchor(change_of_variables):
+def test_gaussian_anchor(change_of_variables, given):
     """x = 3z + 1 with z ~ N(0, 1): log p_X(2) = log N(1/3; 0, 1) - log 3"""
     flow = affine(change_of_variables, [[3.0]], [1.0])
     x = torch.tensor([[2.0], [-0.5]], dtype=torch.float64)
-    got = change_of_variables.log_prob(flow, standard_normal(1, dtype=torch.float64), x)
-    z = (x - 1) / 3
-    expected = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).squeeze(-1) - math.log(3)
+    base = given.standard_normal(1, dtype=torch.float64)
+    got = log_prob_of(change_of_variables, flow, base, x)
+    expected = normal_log_prob((x - 1) / 3) - math.log(3)
     assert torch.allclose(got, expected, atol=1e-8), (
         f"log p_X(x) for x = 3z + 1, z ~ N(0, 1) at x = {fmt(x)}: expected "
         f"log N(z = (x - 1)/3) - log 3 = {fmt(expected)}, got {fmt(got)}"
     )
 
 
-def test_exp_of_normal_is_lognormal(change_of_variables):
+def test_exp_of_normal_is_lognormal(change_of_variables, given, probes):
     """x = exp(z), z ~ N(0, 1) has the log-normal density (the derivative taken the right way)"""
     x = torch.tensor([[0.2], [1.0], [3.0]], dtype=torch.float64)
-    got = change_of_variables.log_prob(Exp(), standard_normal(1, dtype=torch.float64), x)
-    expected = LogNormal(0.0, 1.0).log_prob(x.squeeze(-1))
+    base = given.standard_normal(1, dtype=torch.float64)
+    got = log_prob_of(change_of_variables, probes.Exp(), base, x)
+    expected = LogNormal(0.0, 1.0).log_prob(x.squeeze(-1)).double()
     assert torch.allclose(got, expected, atol=1e-8), (
         f"log p_X(x) for x = exp(z), z ~ N(0, 1) at x = {fmt(x)}: expected the log-normal "
         f"log N(log x) - log x = {fmt(expected)}, got {fmt(got)} (a difference of 2 log x means "
@@ -137,16 +123,15 @@ def test_affine_forward_and_inverse(change_of_variables, matrix):
     name, A = matrix
     flow = affine(change_of_variables, A.tolist(), SHIFT)
     z = torch.randn(5, 2, dtype=torch.float64)
-    x, _ = flow(z)
+    x, _ = expect_pair(flow(z), "Affine.forward", 5, 2)
     expected = z @ A.T + torch.tensor(SHIFT, dtype=torch.float64)
-    assert torch.allclose(x, expected, atol=1e-10), (
+    assert torch.allclose(x.double(), expected, atol=1e-10), (
         f"Affine with A = {name}: forward(z) should be A z + b (z @ A.T + b for rows); "
         f"for z = {fmt(z[0])} expected {fmt(expected[0])}, got {fmt(x[0])}"
     )
-    back, _ = flow.inverse(x)
-    assert torch.allclose(back, z, atol=1e-10), (
-        f"Affine with A = {name}: inverse(forward(z)) should give z = {fmt(z[0])}, "
-        f"got {fmt(back[0])}"
+    back, _ = expect_pair(flow.inverse(expected), "Affine.inverse", 5, 2)
+    assert torch.allclose(back.double(), z, atol=1e-10), (
+        f"Affine with A = {name}: inverse(A z + b) should give z = {fmt(z[0])}, got {fmt(back[0])}"
     )
 
 
@@ -154,30 +139,27 @@ def test_affine_log_abs_det(change_of_variables, matrix):
     """Affine's log-determinants are +-log|det A|, one per sample"""
     name, A = matrix
     flow = affine(change_of_variables, A.tolist(), SHIFT)
-    expected = math.log(abs(float(torch.linalg.det(A))))
+    det = float(torch.linalg.det(A))
+    expected = math.log(abs(det))
     x = torch.randn(4, 2, dtype=torch.float64)
     for direction, sign in (("forward", 1.0), ("inverse", -1.0)):
-        _, log_abs_det = getattr(flow, direction)(x)
-        assert tuple(log_abs_det.shape) == (4,), (
-            f"Affine.{direction} on a batch of 4 should return 4 log-determinants (shape (4,)), "
-            f"got shape {tuple(log_abs_det.shape)}"
-        )
+        _, log_abs_det = expect_pair(getattr(flow, direction)(x), f"Affine.{direction}", 4, 2)
         want = torch.full((4,), sign * expected, dtype=torch.float64)
-        assert torch.allclose(log_abs_det, want, atol=1e-8), (
-            f"Affine with A = {name} (det A = {float(torch.linalg.det(A)):.4g}): {direction} "
-            "should "
-            f"return {'' if sign > 0 else '-'}log|det A| = {sign * expected:.4f} for every sample, "
+        assert torch.allclose(log_abs_det.double(), want, atol=1e-8), (
+            f"Affine with A = {name} (det A = {det:.4g}): {direction} should return "
+            f"{'' if sign > 0 else '-'}log|det A| = {sign * expected:.4f} for every sample, "
             f"got {fmt(log_abs_det)}"
         )
 
 
-def test_affine_log_prob_is_gaussian(change_of_variables, matrix):
+def test_affine_log_prob_is_gaussian(change_of_variables, given, matrix):
     """A z + b with z ~ N(0, I) has the density N(b, A A^T)"""
     name, A = matrix
     flow = affine(change_of_variables, A.tolist(), SHIFT)
     b = torch.tensor(SHIFT, dtype=torch.float64)
     x = torch.randn(6, 2, dtype=torch.float64) * 2
-    got = change_of_variables.log_prob(flow, standard_normal(2, dtype=torch.float64), x)
+    base = given.standard_normal(2, dtype=torch.float64)
+    got = log_prob_of(change_of_variables, flow, base, x)
     expected = MultivariateNormal(b, A @ A.T).log_prob(x)
     assert torch.allclose(got, expected, atol=1e-8), (
         f"log p_X(x) for x = A z + b, A = {name}, z ~ N(0, I): expected the Gaussian N(b, A A^T) "
@@ -185,7 +167,7 @@ def test_affine_log_prob_is_gaussian(change_of_variables, matrix):
     )
 
 
-def test_density_integrates_to_one(change_of_variables):
+def test_density_integrates_to_one(change_of_variables, given):
     """The density of a 2-D affine flow integrates to 1 (grid quadrature)"""
     A = [[1.2, 0.9], [-0.6, 1.5]]  # det 2.34: a wrong log-determinant changes the mass
     flow = affine(change_of_variables, A, SHIFT)
@@ -193,39 +175,47 @@ def test_density_integrates_to_one(change_of_variables):
     grid = torch.linspace(-half, half, n, dtype=torch.float64)
     xx, yy = torch.meshgrid(grid + SHIFT[0], grid + SHIFT[1], indexing="xy")
     points = torch.stack([xx.flatten(), yy.flatten()], dim=-1)
-    log_p = change_of_variables.log_prob(flow, standard_normal(2, dtype=torch.float64), points)
-    mass = float(log_p.detach().exp().sum()) * (2 * half / (n - 1)) ** 2
+    base = given.standard_normal(2, dtype=torch.float64)
+    log_p = log_prob_of(change_of_variables, flow, base, points)
+    mass = float(log_p.exp().sum()) * (2 * half / (n - 1)) ** 2
     assert abs(mass - 1.0) < 1e-3, (
         f"the integral of p_X over the plane for x = A z + b (det A = 2.34) should be 1, "
         f"got {mass:.4f}"
     )
+    # The mass alone would not see a density that ignores the flow (N(0, I) integrates to 1
+    # too): the grid's densest point must be the image of z = 0, the point b.
+    peak = points[int(torch.argmax(log_p))]
+    assert float((peak - torch.tensor(SHIFT, dtype=torch.float64)).abs().max()) < 0.1, (
+        f"the density of x = A z + b, z ~ N(0, I) should peak at b = {fmt(torch.tensor(SHIFT))}; "
+        f"on the grid it peaks at {fmt(peak)}"
+    )
 
 
-def test_sample_shape_and_one_forward_pass(change_of_variables):
+def test_sample_shape_and_one_forward_pass(change_of_variables, given, probes):
     """sample(flow, base, n) returns (n, d) points from one forward pass"""
-    flow = CountingShift()
-    x = change_of_variables.sample(flow, standard_normal(3), 500)
-    assert isinstance(x, Tensor) and tuple(x.shape) == (500, 3), (
-        f"sample(flow, base, 500) in 3-D should return one tensor of shape (500, 3), got "
-        f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
-    )
-    assert flow.calls == {"forward": 1, "inverse": 0}, (
+    flow = probes.CountingShift()
+    x = change_of_variables.sample(flow, given.standard_normal(3), 500)
+    x = expect_tensor(x, "sample(flow, base, 500) in 3-D", (500, 3))
+    calls = fetch(flow.calls)
+    assert calls == {"forward": 1, "inverse": 0}, (
         f"sample should draw all n base points at once and push them through flow.forward once "
-        f"(never the inverse); it called forward {flow.calls['forward']} and inverse "
-        f"{flow.calls['inverse']} times"
+        f"(never the inverse); it called forward {calls['forward']} and inverse "
+        f"{calls['inverse']} times"
     )
-    mean = x.mean(0)
-    assert torch.allclose(mean, torch.full((3,), 5.0), atol=0.3), (
+    mean = x.double().mean(0)
+    assert torch.allclose(mean, torch.full((3,), 5.0, dtype=torch.float64), atol=0.3), (
         f"samples of x = z + 5, z ~ N(0, I) should average about 5 in each coordinate, "
         f"got {fmt(mean)}"
     )
 
 
-def test_sample_follows_the_flow(change_of_variables):
+def test_sample_follows_the_flow(change_of_variables, given):
     """Samples of A z + b have mean b and covariance A A^T"""
     A = torch.tensor([[1.0, 0.0], [1.5, 0.5]], dtype=torch.float64)
     flow = affine(change_of_variables, A.tolist(), SHIFT)
-    x = change_of_variables.sample(flow, standard_normal(2, dtype=torch.float64), 20000).detach()
+    base = given.standard_normal(2, dtype=torch.float64)
+    x = expect_tensor(change_of_variables.sample(flow, base, 20000), "sample", (20000, 2))
+    x = x.double()
     mean, cov = x.mean(0), torch.cov(x.T)
     expected = A @ A.T
     ok_mean = torch.allclose(mean, torch.tensor(SHIFT, dtype=torch.float64), atol=0.05)

@@ -1,70 +1,55 @@
 """Hidden tests of ``flows/composition.py``: ``Sequential(f_1, ..., f_K)``.
 
 ``x = f_K(... f_1(z))``, ``log|det J_f(z)| = sum_k log|det J_{f_k}(z_{k-1})|``, and the inverse
-undoes the layers last to first. The layers here are the test's own, with non-zero,
-sample-dependent log-determinants and maps that do not commute, so only the right order and the
-full sum pass.
+undoes the layers last to first. The layers are the course's probes (``probes.ScaleShift``,
+``Sinh``, ``Swirl``), built in the worker and handed to the student's ``Sequential``, with
+non-zero, sample-dependent log-determinants and maps that do not commute, so only the right
+order and the full sum pass. What the chain should return is computed here, by hand, from the
+same formulas (:data:`BY_HAND`), never by asking the worker's layers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import expect_pair, expect_tensor, fetch
 from torch import Tensor
 
-from flows.base import Flow, Reverse
+# Each probe layer by hand: (x, log|det J_f(z)|) of its forward, in plain torch.
+Layer = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
-class ScaleShift(Flow):
-    """``x = a z + b`` elementwise (learnable): ``log|det J_f| = d log|a|``."""
-
-    def __init__(self, a: float, b: float) -> None:
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float64))
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.a * z + self.b, self.a.abs().log().expand(z.shape[0]) * z.shape[1]
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return (x - self.b) / self.a, -self.a.abs().log().expand(x.shape[0]) * x.shape[1]
+def scale_shift(a: float | Tensor, b: float | Tensor) -> Layer:
+    return lambda z: (a * z + b, torch.as_tensor(a).abs().log().expand(z.shape[0]) * z.shape[1])
 
 
-class Sinh(Flow):
-    """``x = sinh(z)`` elementwise: ``log|det J_f(z)| = sum log cosh z`` (differs per sample)."""
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.sinh(z), torch.cosh(z).log().sum(-1)
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.asinh(x)
-        return z, -torch.cosh(z).log().sum(-1)
+def sinh(z: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.sinh(z), torch.cosh(z).log().sum(-1)
 
 
-class Swirl(Flow):
-    """``x = (z_0, z_1 + z_0^2)``: a shear along a parabola, ``log|det J| = 0``."""
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.stack([z[:, 0], z[:, 1] + z[:, 0] ** 2], -1), z.new_zeros(z.shape[0])
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.stack([x[:, 0], x[:, 1] - x[:, 0] ** 2], -1), x.new_zeros(x.shape[0])
+def swirl(z: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.stack([z[:, 0], z[:, 1] + z[:, 0] ** 2], -1), z.new_zeros(z.shape[0])
 
 
-def layers() -> list[Flow]:
-    """Four layers, three with non-zero log-determinants; no two neighbours commute."""
-    return [ScaleShift(2.0, 1.0), Sinh(), Swirl(), ScaleShift(0.5, -1.0)]
+def reverse(z: Tensor) -> tuple[Tensor, Tensor]:
+    return z.flip(-1), z.new_zeros(z.shape[0])
 
 
-def by_hand(flows: list[Flow], z: Tensor) -> tuple[Tensor, Tensor]:
-    """Apply ``flows[0]`` first and sum the log-determinants."""
+def by_hand(layers: list[Layer], z: Tensor) -> tuple[Tensor, Tensor]:
+    """Apply ``layers[0]`` first and sum the log-determinants."""
     total = z.new_zeros(z.shape[0])
-    for flow in flows:
-        z, log_abs_det = flow(z)
+    for layer in layers:
+        z, log_abs_det = layer(z)
         total = total + log_abs_det
     return z, total
+
+
+# Four layers, three with non-zero log-determinants; no two neighbours commute.
+CHAIN = [("ScaleShift", (2.0, 1.0)), ("Sinh", ()), ("Swirl", ()), ("ScaleShift", (0.5, -1.0))]
+BY_HAND = [scale_shift(2.0, 1.0), sinh, swirl, scale_shift(0.5, -1.0)]
 
 
 def fmt(values: Tensor) -> str:
@@ -72,9 +57,9 @@ def fmt(values: Tensor) -> str:
 
 
 @pytest.fixture
-def chain(composition) -> tuple[Flow, list[Flow]]:
-    flows = layers()
-    return composition.Sequential(*flows), flows
+def sequential(composition, probes):
+    """The student's ``Sequential`` of the four probe layers of :data:`CHAIN` (a handle)."""
+    return composition.Sequential(*(getattr(probes, name)(*args) for name, args in CHAIN))
 
 
 @pytest.fixture
@@ -83,103 +68,116 @@ def z() -> Tensor:
 
 
 @pytest.mark.weight(2)
-def test_forward_order(chain, z):
+def test_forward_order(sequential, z):
     """Sequential(f_1, ..., f_K) applies f_1 first"""
-    sequential, flows = chain
-    x, _ = sequential(z)
-    expected, _ = by_hand(flows, z)
-    assert torch.allclose(x, expected, atol=1e-10), (
+    x, _ = expect_pair(sequential(z), "Sequential.forward", 6, 2)
+    expected, _ = by_hand(BY_HAND, z)
+    assert torch.allclose(x.double(), expected, atol=1e-10), (
         "Sequential(f_1, f_2, f_3, f_4).forward(z) should be f_4(f_3(f_2(f_1(z)))); for "
         f"z = {fmt(z[0])} expected {fmt(expected[0])}, got {fmt(x[0])}"
     )
 
 
 @pytest.mark.weight(2)
-def test_inverse_order(chain, z):
+def test_inverse_order(sequential, z):
     """Sequential's inverse undoes the last layer first"""
-    sequential, flows = chain
-    x, _ = by_hand(flows, z)
-    back, _ = sequential.inverse(x)
-    assert torch.allclose(back, z, atol=1e-10), (
+    x, _ = by_hand(BY_HAND, z)
+    back, _ = expect_pair(sequential.inverse(x), "Sequential.inverse", 6, 2)
+    assert torch.allclose(back.double(), z, atol=1e-10), (
         "Sequential(f_1, ..., f_4).inverse(x) should be f_1^{-1}(f_2^{-1}(f_3^{-1}(f_4^{-1}(x)))) "
         f"and give back z = {fmt(z[0])}; got {fmt(back[0])}"
     )
 
 
 @pytest.mark.weight(2)
-def test_forward_log_dets_sum(chain, z):
+def test_forward_log_dets_sum(sequential, z):
     """Sequential's forward log-determinant is the sum of its layers'"""
-    sequential, flows = chain
-    _, log_abs_det = sequential(z)
-    _, expected = by_hand(flows, z)
-    assert tuple(log_abs_det.shape) == (6,), (
-        f"Sequential.forward on 6 samples should return 6 log-determinants (shape (6,)), got "
-        f"shape {tuple(log_abs_det.shape)}"
-    )
-    assert torch.allclose(log_abs_det, expected, atol=1e-10), (
+    _, log_abs_det = expect_pair(sequential(z), "Sequential.forward", 6, 2)
+    _, expected = by_hand(BY_HAND, z)
+    assert torch.allclose(log_abs_det.double(), expected, atol=1e-10), (
         "Sequential.forward should return sum_k log|det J_{f_k}(z_{k-1})| over all 4 layers "
         f"(each evaluated where it is applied): expected {fmt(expected)}, got {fmt(log_abs_det)}"
     )
 
 
 @pytest.mark.weight(2)
-def test_inverse_log_dets_sum(chain, z):
+def test_inverse_log_dets_sum(sequential, z):
     """Sequential's inverse log-determinant is the sum of its layers' inverse ones"""
-    sequential, flows = chain
-    x, forward = by_hand(flows, z)
-    _, log_abs_det = sequential.inverse(x)
-    assert tuple(log_abs_det.shape) == (6,), (
-        f"Sequential.inverse on 6 samples should return 6 log-determinants (shape (6,)), got "
-        f"shape {tuple(log_abs_det.shape)}"
-    )
-    assert torch.allclose(log_abs_det, -forward, atol=1e-10), (
+    x, forward = by_hand(BY_HAND, z)
+    _, log_abs_det = expect_pair(sequential.inverse(x), "Sequential.inverse", 6, 2)
+    assert torch.allclose(log_abs_det.double(), -forward, atol=1e-10), (
         "Sequential.inverse should return sum_k log|det J_{f_k^{-1}}| over all 4 layers, i.e. "
         f"minus the forward log-determinant: expected {fmt(-forward)}, got {fmt(log_abs_det)}"
     )
 
 
-def test_with_reverse(composition, z):
+def test_with_reverse(composition, given, probes, z):
     """Sequential works with the given Reverse layer"""
-    sequential = composition.Sequential(ScaleShift(3.0, 0.0), Reverse(), Swirl())
-    x, log_abs_det = sequential(z)
-    expected = torch.stack([3 * z[:, 1], 3 * z[:, 0] + 9 * z[:, 1] ** 2], -1)
-    assert torch.allclose(x, expected, atol=1e-10), (
+    sequential = composition.Sequential(
+        probes.ScaleShift(3.0, 0.0), given.Reverse(), probes.Swirl()
+    )
+    x, log_abs_det = expect_pair(sequential(z), "Sequential.forward", 6, 2)
+    expected, expected_log_det = by_hand([scale_shift(3.0, 0.0), reverse, swirl], z)
+    assert torch.allclose(x.double(), expected, atol=1e-10), (
         "Sequential(x3, Reverse(), Swirl()) maps z = (a, b) to (3b, 3a + 9b^2); for "
         f"z = {fmt(z[0])} expected {fmt(expected[0])}, got {fmt(x[0])}"
     )
-    want = torch.full((6,), 2 * math.log(3.0), dtype=torch.float64)
-    assert torch.allclose(log_abs_det, want, atol=1e-10), (
-        f"Sequential(x3, Reverse(), Swirl()) in 2-D has log|det J| = 2 log 3 = {want[0]:.4f}, "
-        f"got {fmt(log_abs_det)}"
+    assert torch.allclose(log_abs_det.double(), expected_log_det, atol=1e-10), (
+        f"Sequential(x3, Reverse(), Swirl()) in 2-D has log|det J| = 2 log 3 = "
+        f"{2 * math.log(3.0):.4f}, got {fmt(log_abs_det)}"
     )
 
 
-def test_single_layer(composition, z):
+def test_single_layer(composition, probes, z):
     """A Sequential of one layer is that layer"""
-    layer = Sinh()
-    x, log_abs_det = composition.Sequential(layer)(z)
-    expected, expected_lad = layer(z)
-    ok = torch.allclose(x, expected) and torch.allclose(log_abs_det, expected_lad)
+    x, log_abs_det = expect_pair(composition.Sequential(probes.Sinh())(z), "Sequential", 6, 2)
+    expected, expected_lad = sinh(z)
+    ok = torch.allclose(x.double(), expected) and torch.allclose(log_abs_det.double(), expected_lad)
     assert ok, (
-        f"Sequential(f) should behave like f: expected log|det J| {fmt(expected_lad)}, "
-        f"got {fmt(log_abs_det)}"
+        f"Sequential(f) should behave like f: for z = {fmt(z[0])} expected x = "
+        f"{fmt(expected[0])} and log|det J| {fmt(expected_lad)}, got x = {fmt(x[0])} and "
+        f"{fmt(log_abs_det)}"
     )
 
 
-def test_registers_layers(composition):
+def test_registers_layers(composition, probes):
     """Sequential registers its layers, so an optimizer and .to(device) reach them"""
-    sequential = composition.Sequential(ScaleShift(2.0, 1.0), Sinh(), ScaleShift(0.5, 0.0))
-    params = list(sequential.parameters())
-    assert len(params) == 4, (
+    first, second = probes.ScaleShift(2.0, 1.0), probes.ScaleShift(0.5, 0.0)
+    sequential = composition.Sequential(first, probes.Sinh(), second)
+    count = probes.count_parameters(sequential)
+    assert count == 4, (
         "Sequential of two ScaleShift layers (2 parameters each) should expose their 4 "
         "parameters through .parameters() (keep the layers in a torch.nn.ModuleList); "
-        f"got {len(params)}"
+        f"got {count}"
     )
-    # Registered is only useful if training reaches them: the NLL's gradient must flow to all.
-    x, log_det = sequential(torch.randn(8, 2, dtype=params[0].dtype))
+    # Registered is only useful if training reaches them: the gradient must flow to every
+    # layer, and be the one of the whole chain (computed here by autograd on the formulas).
+    z = torch.randn(8, 2, dtype=torch.float64)
+    probes.backward_of_sum(sequential, z)
+    a1, b1, a2, b2 = (
+        torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (2, 1, 0.5, 0)
+    )
+    x, log_det = by_hand([scale_shift(a1, b1), sinh, scale_shift(a2, b2)], z)
     (x.sum() + log_det.sum()).backward()
-    missing = sum(p.grad is None for p in params)
-    assert missing == 0, (
-        f"after a forward pass and backward(), {missing} of the 4 layer parameters got no "
-        "gradient: forward must run every layer"
+    for name, layer, a, b in (("first", first, a1, b1), ("last", second, a2, b2)):
+        for parameter, expected in (("a", a.grad), ("b", b.grad)):
+            grad = fetch(getattr(layer, parameter).grad)
+            assert grad is not None, (
+                f"after a forward pass of Sequential and backward(), the {name} layer's "
+                f"parameter {parameter} got no gradient: forward must run every layer"
+            )
+            grad = expect_tensor(grad, f"the gradient of the {name} layer's {parameter}", ())
+            assert abs(float(grad) - float(expected)) < 1e-8, (
+                f"the gradient of sum(x) + sum(log|det J|) through Sequential(x2 + 1, sinh, "
+                f"x0.5) with respect to the {name} layer's {parameter} should be "
+                f"{float(expected):.6f}, got {float(grad):.6f}"
+            )
+    # .to(...) reaches registered layers only: the float64 layers must follow to float32.
+    sequential.float()
+    dtypes = {
+        str(expect_tensor(fetch(layer.a), "a layer parameter").dtype) for layer in (first, second)
+    }
+    assert dtypes == {"torch.float32"}, (
+        "Sequential(...).float() should convert its layers' parameters to float32 (layers kept "
+        f"in a torch.nn.ModuleList are reached by .to()); they are {sorted(dtypes)}"
     )
