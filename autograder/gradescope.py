@@ -78,6 +78,9 @@ PIP=("$VENV/bin/python" -m pip install --no-input --disable-pip-version-check)
 # The grader and its dependencies, as pyproject.toml lists them (lower bounds).
 "${{PIP[@]}}" "$SOURCE"
 {notebook_lines}\
+# The hidden suites are in here: where `--sandbox auto` falls back to a dedicated unprivileged
+# user (no user namespaces in the container), that user must not be able to read them.
+chmod go-rwx "$SOURCE"
 echo "setup.sh: the grader is installed in $VENV"
 """
 
