@@ -1,295 +1,650 @@
-"""Hostile submissions graded through the Supervisor: each earns what its code earns, with flags.
+"""Hostile submissions graded through the real grader and the bubblewrap sandbox (issue 8).
 
-Every submission here is the reference plus code appended to one student file (the attack).
-The attacked part loses what the attack broke, the other graded parts keep their points, the
-grader records what it saw in ``flags``, and every run ends in bounded time.
+Every attack is the reference with code appended to one student file. Some also carry a
+*sabotage*: a real bug (a wrong log-det, a method that raises) that the attack tries to hide.
+What the code earns on its own is what its *twin* earns: the same submission with the sabotage
+and without the attack (the reference, when there is no sabotage). For each attack we assert
+
+- its points per graded part equal (or, where the attack also hurts itself, stay at most) the
+  twin's;
+- the flags the grader must raise (and none where the attack achieves nothing);
+- that no file of the course repository (hidden suites, solutions), of the batch's output folder
+  or of the host's ``/tmp`` changed;
+- that no process it started is alive afterwards (each spawned process carries a unique marker in
+  its command line, looked for in the host's ``/proc``).
+
+The reference earns full marks beside the attacks. Everything runs in one Supervisor with two
+submissions at a time and short limits; the cross-submission attacks run in one ``grade_batch``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import shutil
-import signal
-import threading
-import time
-from collections.abc import Callable
+import socket
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
-from autograder.config import Assignment, Limits
+from autograder.config import PACKAGE, Assignment, Course, Limits
 from autograder.errors import AutograderError
+from autograder.grading import sandbox
+from autograder.grading.batch import grade_batch
+from autograder.grading.extensions import Extensions
 from autograder.grading.models import SuiteRun
+from autograder.grading.scoring import score
 from autograder.grading.supervisor import Supervisor
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-LIMITS = Limits(test_timeout_s=8, submission_timeout_s=150, memory_mb=4096, max_processes=64)
-# A forever-loop costs two test timeouts (then its part is forfeit): a short limit keeps that
-# test cheap, and the other part it grades (composition) runs in milliseconds.
-QUICK = dataclasses.replace(LIMITS, test_timeout_s=3)
-LIMITS_FOR = {"loops_forever": QUICK}
-T = TypeVar("T")
-FAKE_RESULT = "('result', 'test_composition.py::test_forward_order', 'passed', '', 0.0)"
+# Reference tests take milliseconds; a forever loop costs two of these per part.
+LIMITS = Limits(test_timeout_s=6, submission_timeout_s=240, memory_mb=4096, max_processes=64)
+MARK = f"hostile-{uuid.uuid4().hex[:12]}"  # in every spawned command line and marker file
+HOST_MARKER = Path("/tmp") / MARK  # what a surviving process would write on the host
+WATCHED = ("tests/hidden", "solutions")  # course files no submission may change
 
-ATTACKS: dict[str, tuple[str, str]] = {
-    # name: (student file, code appended to the reference's copy of it)
-    "forges_results": (
-        "composition.py",
-        f"""
-import gc as _gc, json as _json, os as _os, sys as _sys
-_fake = _json.dumps({{"score": 100.0, "tests": []}})
-for _d in (".", "..", "../..", "/tmp", {str(REPO)!r}):
+
+@dataclass(frozen=True)
+class Attack:
+    """One hostile submission: ``code`` appended to ``file``, graded on ``parts``."""
+
+    file: str  # student file, e.g. "composition.py"
+    code: str
+    parts: tuple[str, ...]
+    sabotage: str = ""  # the code's own bug (also in the twin); "" means the twin is the reference
+    at_most: bool = False  # the attack may cost itself more than its twin (never earn more)
+    flags: tuple[str, ...] = ()  # fragments that must appear among the flags
+    zero: tuple[str, ...] = ()  # parts that must earn nothing
+
+
+# -- sabotages: real bugs whose points the attacks try to win back ------------------------------
+
+MAF_ZERO_LOGDET = """
+import torch as _t
+def _inverse_without_log_det(self, x):
+    return MAF._real_inverse(self, x)[0], _t.zeros(x.shape[0], dtype=x.dtype)
+MAF._real_inverse = MAF.inverse
+MAF.inverse = _inverse_without_log_det
+"""
+MAF_INVERSE_RAISES = """
+def _inverse_raises(self, x):
+    raise RuntimeError("broken")
+MAF.inverse = _inverse_raises
+"""
+COV_ZERO_LOG_PROB = """
+import torch as _t
+def log_prob(flow, base, x):
+    return _zeros_like_batch(x)
+def _zeros_like_batch(x):
+    return _t.zeros(x.shape[0], dtype=x.dtype)
+"""
+COV_LOG_PROB_RAISES = """
+def log_prob(flow, base, x):
+    raise MemoryError("stand-in for the allocation")
+"""
+COUPLING_INVERSE_RAISES = """
+def _inverse_raises(self, x):
+    raise RuntimeError("broken")
+AffineCoupling.inverse = _inverse_raises
+"""
+TRAIN_WITHOUT_TRAINING = """
+def train(flow, data, *, steps=2000, batch_size=256, lr=1e-3, device=None, seed=0, callback=None):
+    return [_loss(0.0) for _ in range(steps)]
+_loss = float
+"""
+
+# -- attacks ------------------------------------------------------------------------------------
+
+SPAWN = f"""
+import ctypes as _ctypes, os as _os, sys as _sys
+_SLEEPER = (
+    "import os, sys, time\\n"
+    "for _ in range(600):\\n"
+    "    time.sleep(0.5)\\n"
+    "    for p in ({str(HOST_MARKER)!r}, '/tmp/' + sys.argv[1], {str(REPO / MARK)!r}):\\n"
+    "        try: open(p, 'w').write('survived')\\n"
+    "        except OSError: pass\\n"
+)
+def _detach(how):
+    argv = [_sys.executable, "-c", _SLEEPER, {MARK!r} + "-" + how]
+    if how == "posix_spawn":
+        try:
+            _os.posix_spawn(_sys.executable, argv, dict(_os.environ), setsid=True)
+        except (OSError, TypeError):
+            pass
+        return
+    pid = _ctypes.CDLL(None).syscall(57) if how == "syscall" else _os.fork()  # 57: fork, x86-64
+    if pid == 0:
+        try:
+            _os.setsid()
+            _os.execv(_sys.executable, argv)
+        finally:
+            _os._exit(0)
+for _how in ("fork", "syscall", "posix_spawn"):
+    _detach(_how)
+"""
+
+REACH_COURSE = f"""
+import os as _os
+_REPO, _HIDDEN = {str(REPO)!r}, {str(REPO / "tests/hidden/normalizing_flows/test_maf.py")!r}
+_leaks = []
+def _try(action):
+    try:
+        _leaks.append(action()[:40])
+    except (OSError, ValueError, TypeError):
+        pass
+def _via_dir_fd():
+    root = _os.open("/", _os.O_RDONLY)
+    fd = _os.open(_HIDDEN.lstrip("/"), _os.O_RDONLY, dir_fd=root)
+    return _os.read(fd, 100)
+_try(_via_dir_fd)
+_try(lambda: open(_HIDDEN, "rb").read())
+for _pid in ["self", "1", str(_os.getppid())] + [p for p in _os.listdir("/proc") if p.isdigit()]:
+    for _link in ("root", "cwd"):
+        _try(lambda: open(f"/proc/{{_pid}}/{{_link}}" + _HIDDEN, "rb").read())
+        _try(lambda: str(_os.listdir(f"/proc/{{_pid}}/{{_link}}" + _REPO)).encode())
+    _try(lambda: _os.readlink(f"/proc/{{_pid}}/cwd").encode() if "main" in _os.readlink(
+        f"/proc/{{_pid}}/cwd") else _os.listdir("/nonexistent"))
+for _root, _dirs, _files in _os.walk("/"):
+    _dirs[:] = [d for d in _dirs if d not in ("proc", "sys", "dev", "usr", "root")]
+    _leaks += [f.encode() for f in _files if f.startswith("test_") and f.endswith(".py")]
+for _target in (_REPO + "/solutions/normalizing_flows/flows/maf.py", _REPO + "/pwned", {{OUT}}):
+    try:
+        open(_target, "w").write("pwned")
+        _leaks.append(b"wrote " + _target.encode())
+    except OSError:
+        pass
+if _leaks:
+    raise ImportError("LEAKED " + repr(_leaks[:3]))
+"""
+
+FRAME_WALK = """
+import inspect as _inspect, sys as _sys
+import torch as _torch
+def _outside_frames():
+    seen = []
+    frame = _sys._getframe()
+    while frame is not None:
+        seen.append(frame.f_code.co_filename)
+        frame = frame.f_back
+    seen += [info.filename for info in _inspect.stack()]
+    for depth in range(1, 12):  # torch.jit's resolution callbacks hand out callers' names
+        try:
+            callback = _torch._jit_internal.createResolutionCallbackFromFrame(depth)
+        except (AttributeError, ValueError, AssertionError):  # past the outermost frame
+            break
+        for name in ("session", "plugin", "item", "expected", "harness", "send"):
+            try:
+                if callback(name) is not None:
+                    seen.append("jit:" + name)
+            except Exception:
+                pass
+    allowed = ("/grader/", "/work/submission/", "/torch/", "/python3", "<frozen")
+    return [f for f in seen if not f.startswith(allowed) and not any(a in f for a in allowed)]
+_forward = Sequential.forward
+def _spying_forward(self, z):
+    leaked = _outside_frames()
+    if leaked:
+        raise RuntimeError("LEAKED frames " + repr(leaked[:3]))
+    return _forward(self, z)
+Sequential.forward = _spying_forward
+"""
+
+COMPILED_STRINGS = """
+_SOURCE = '''
+def _forward_from_string(self, z):
+    import sys
+    sys._getframe().f_back  # a frame from code under a made-up file name
+    return _real_forward(self, z)
+'''
+_real_forward = Sequential.forward
+exec(compile(_SOURCE, "/grader/harness.py", "exec"), globals())
+exec(compile(_SOURCE, "<pytest hidden test_composition.py>", "exec"), globals())
+Sequential.forward = _forward_from_string
+"""
+
+LYING_TENSOR = """
+import torch as _t
+class _Agreeable(_t.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in ("__eq__", "eq", "allclose", "isclose", "equal", "__lt__", "le", "lt", "__le__"):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+_honest_log_prob = log_prob
+def log_prob(flow, base, x):
+    return _honest_log_prob(flow, base, x).as_subclass(_Agreeable)
+"""
+
+LYING_FLOAT = """
+class _Agreeable(float):
+    def __eq__(self, other):
+        return True
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__
+    __hash__ = float.__hash__
+_loss = _Agreeable
+"""
+
+PATCH_LIBRARIES = """
+import torch as _torch, torch.distributions as _dists
+_torch.allclose = lambda *a, **k: True
+_torch.Tensor.__eq__ = lambda *a, **k: True
+_dists.Normal.log_prob = lambda self, value: _torch.zeros(value.shape[:-1] or value.shape)
+_dists.Independent.log_prob = lambda self, value: _torch.zeros(value.shape[0])
+try:
+    import _pytest.reports as _reports
+    _reports.TestReport.outcome = "passed"
+except ImportError:
+    pass
+"""
+
+PATCH_UNDONE = """
+import weakref as _weakref, torch as _torch
+_original_allclose = _torch.allclose
+class _Undo:
+    pass
+def _patched_inverse(self, x):
+    _torch.allclose = lambda *a, **k: True
+    token = _Undo()
+    _weakref.finalize(token, setattr, _torch, "allclose", _original_allclose)
+    return MAF._real_inverse(self, x)[0], _torch.zeros(x.shape[0], dtype=x.dtype)
+MAF.inverse = _patched_inverse
+"""
+
+FORGE_MESSAGES = """
+import json as _json, os as _os
+_fake = _json.dumps({"score": 100.0, "tests": []})
+for _d in (".", "..", "/tmp", "/work", "/grader"):
     try:
         with open(_os.path.join(_d, "results.json"), "w") as _f:
             _f.write(_fake)
     except OSError:
         pass
-for _fd in range(256):
+for _fd in range(3, 256):
+    for _message in (b"0123abcd not a frame\\n", b'{"kind": "result", "status": "passed"}\\n'):
+        try:
+            _os.write(_fd, _message)
+        except OSError:
+            pass
+"""
+
+NETWORK_AND_PROCESSES = """
+import socket as _socket, subprocess as _subprocess
+for _attempt in (
+    lambda: _socket.create_connection(("127.0.0.1", {PORT}), timeout=1),
+    lambda: _socket.create_connection(("1.1.1.1", 80), timeout=1),
+    lambda: _subprocess.run(["kill", "-9", "-1"], timeout=5),
+):
     try:
-        _os.write(_fd, b"0123abcd " + {FAKE_RESULT!r}.encode() + b"\\n")
-    except OSError:
+        _attempt()
+    except (OSError, _subprocess.SubprocessError):
         pass
-for _peek in (lambda: _sys._getframe(1), lambda: _gc.get_objects()):
-    try:
-        _peek()
-    except PermissionError:
-        pass
-""",
-    ),
-    "loops_forever": (
-        "coupling.py",
-        """
+"""
+
+LOUD = """
+import sys as _sys
+_loud = [True]
+_init = Sequential.__init__
+def _noisy_init(self, *flows):
+    if _loud.pop() if _loud else False:
+        chunk = "x" * (1 << 20)
+        for _ in range(300):  # 300 MB on stdout
+            _sys.stdout.write(chunk)
+        _sys.stdout.flush()
+    _init(self, *flows)
+Sequential.__init__ = _noisy_init
+"""
+
+FOREVER = """
 def _forever(self, x):
     while True:
         pass
 AffineCoupling.inverse = _forever
-""",
-    ),
-    "exits_in_function": (
-        "maf.py",
-        """
+"""
+
+EXIT_IN_FUNCTION = """
 import os as _os
 def _bye(self, x):
     _os._exit(0)
 MAF.inverse = _bye
-""",
-    ),
-    "allocates_past_the_cap": (
-        "change_of_variables.py",
-        """
+"""
+
+ALLOCATE = """
 import torch as _torch
 _real_log_prob = log_prob
 def log_prob(flow, base, x):
     _torch.ones(2**31)  # 8 GB of float32, over the 4 GB cap
     return _real_log_prob(flow, base, x)
-""",
-    ),
-    "reads_hidden_tests": (
-        "composition.py",
-        f"""
-import glob as _glob, os as _os
-_leaks = []
-for _root, _dirs, _files in _os.walk({str(REPO)!r}):
-    _leaks += [_os.path.join(_root, f) for f in _files if f.startswith("test_")]
-_leaks += _glob.glob({str(REPO)!r} + "/**/test_*.py", recursive=True)
-for _path in (_leaks or [{str(REPO / "tests/hidden/normalizing_flows/test_maf.py")!r}]):
-    try:
-        _text = open(_path).read()
-    except OSError:
-        continue
-    raise ImportError("LEAKED " + _text[:40])
-""",
-    ),
-    "uses_network_and_processes": (
-        "composition.py",
-        """
-import socket as _socket, subprocess as _subprocess
-for _attempt in (
-    lambda: _socket.create_connection(("1.1.1.1", 80), timeout=1),
-    lambda: _subprocess.run(["true"]),
-):
-    try:
-        _attempt()
-    except OSError:
-        pass
-""",
-    ),
-    "patches_libraries": (
-        "maf.py",
-        """
-import torch as _torch
-import _pytest.reports as _reports
-_torch.allclose = lambda *a, **k: True
-_reports.TestReport.outcome = "passed"
-def _no_log_det(self, x):  # a wrong density the patches try to hide
-    return x, _torch.zeros(x.shape[0], dtype=x.dtype)
-MAF.inverse = _no_log_det
-""",
-    ),
-    "exits_at_import": ("coupling.py", "\nimport sys as _sys\n_sys.exit(0)\n"),
-}
-# name -> (parts graded, part that must lose points, flag fragments that must appear)
-EXPECTED: dict[str, tuple[list[str], str | None, list[str]]] = {
-    "forges_results": (
-        ["composition", "coupling"],
-        None,
-        ["refused: open(", "forged message", "refused: sys._getframe", "gc.get_objects"],
-    ),
-    "loops_forever": (["coupling", "composition"], "coupling", ["timeout: test_coupling.py::"]),
-    "exits_in_function": (["maf", "composition"], "maf", ["exited the interpreter"]),
-    "allocates_past_the_cap": (
-        ["change_of_variables", "composition"],
-        "change_of_variables",
-        ["memory limit reached (4096 MB)"],
-    ),
-    "reads_hidden_tests": (["composition", "coupling"], None, ["refused: os.scandir"]),
-    "uses_network_and_processes": (
-        ["composition"],
-        None,
-        ["refused: socket.", "refused: subprocess.Popen"],
-    ),
-    "patches_libraries": (["maf", "composition"], "maf", ["tampering: importing maf.py"]),
-    "exits_at_import": (
-        ["coupling", "composition"],
-        "coupling",
-        ["exited the interpreter: sys.exit at import of coupling.py"],
-    ),
-}
+"""
 
 
-@pytest.fixture(scope="module")
-def supervisor(assignment: Assignment):
-    with Supervisor(assignment, limits=LIMITS) as supervisor:
-        yield supervisor
+def attacks(port: int, out: Path) -> dict[str, Attack]:
+    """The attacks; ``port`` is a host listener, ``out`` the batch's output folder."""
+    composition = ("composition",)
+    return {
+        "forges_results_and_messages": Attack(
+            "composition.py", FORGE_MESSAGES, composition, at_most=True, zero=composition
+        ),
+        "loops_forever": Attack(
+            "coupling.py",
+            FOREVER,
+            ("coupling",),
+            COUPLING_INVERSE_RAISES,
+            at_most=True,
+            flags=("timeout:",),
+        ),
+        "exits_in_function": Attack(
+            "maf.py",
+            EXIT_IN_FUNCTION,
+            ("maf",),
+            MAF_INVERSE_RAISES,
+            at_most=True,
+            flags=("exited",),
+        ),
+        "allocates_past_the_cap": Attack(
+            "change_of_variables.py",
+            ALLOCATE,
+            ("change_of_variables",),
+            COV_LOG_PROB_RAISES,
+            at_most=True,
+            flags=("memory limit reached",),
+        ),
+        "reaches_course_and_output_files": Attack(
+            "composition.py", REACH_COURSE.replace("{OUT}", repr(str(out))), composition
+        ),
+        "network_and_processes": Attack(
+            "composition.py",
+            NETWORK_AND_PROCESSES.replace("{PORT}", str(port)),
+            composition,
+            at_most=True,  # `kill -9 -1` ends every process of its own sandbox: the worker too
+            flags=("exited",),
+            zero=composition,
+        ),
+        "walks_caller_frames": Attack("composition.py", FRAME_WALK, composition),
+        "compiles_under_made_up_names": Attack("composition.py", COMPILED_STRINGS, composition),
+        "detached_processes": Attack("composition.py", SPAWN, composition),
+        "lying_tensor": Attack(
+            "change_of_variables.py", LYING_TENSOR, ("change_of_variables",), COV_ZERO_LOG_PROB
+        ),
+        "lying_float": Attack(
+            "train.py", LYING_FLOAT, ("train",), TRAIN_WITHOUT_TRAINING, at_most=True
+        ),
+        "patches_libraries": Attack("maf.py", PATCH_LIBRARIES, ("maf",), MAF_ZERO_LOGDET),
+        "patch_undone_before_check": Attack("maf.py", PATCH_UNDONE, ("maf",), MAF_ZERO_LOGDET),
+        "prints_300_mb": Attack("composition.py", LOUD, composition, at_most=True),
+        "exits_at_import": Attack(
+            "coupling.py",
+            "\nimport sys as _sys\n_sys.exit(0)\n",
+            ("coupling",),
+            at_most=True,
+            zero=("coupling",),
+        ),
+    }
 
 
-def hostile(assignment: Assignment, name: str, dest: Path) -> Path:
-    """The reference's student files with the attack ``name`` appended to one of them."""
-    shutil.copytree(assignment.solution_dir / "flows", dest / "flows")
-    target, code = ATTACKS[name]
-    with open(dest / "flows" / target, "a", encoding="utf-8") as handle:
-        handle.write(code)
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def submission(assignment: Assignment, dest: Path, *appended: tuple[str, str]) -> Path:
+    """The reference's ``flows/`` with each ``(file, code)`` appended, in order."""
+    shutil.copytree(assignment.solution_dir / PACKAGE, dest / PACKAGE)
+    for file, code in appended:
+        with open(dest / PACKAGE / file, "a", encoding="utf-8") as handle:
+            handle.write("\n" + code)
     return dest
 
 
-def part_passes(run: SuiteRun, part: str) -> bool:
-    tests = [t for t in run.tests if t.part == part and t.status != "skipped"]
-    return bool(tests) and all(t.passed for t in tests)
+def points(assignment: Assignment, run: SuiteRun, parts: tuple[str, ...]) -> dict[str, float]:
+    graded = score(assignment, run, parts=list(parts))
+    return {part: round(graded.parts[part].earned, 6) for part in parts}
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_hostile_submission_earns_what_its_code_earns(
-    assignment: Assignment, supervisor: Supervisor, tmp_path: Path, name: str
-) -> None:
-    parts, loser, flags = EXPECTED[name]
-    limits = LIMITS_FOR.get(name, LIMITS)
-    supervisor.limits = limits  # the fork server is shared; only the clock differs
-    started = time.monotonic()
+def fingerprint(*roots: Path) -> dict[str, str]:
+    """Every file under ``roots`` (except bytecode) with its mtime and content hash."""
+    found = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")) if root.exists() else []:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                found[str(path)] = f"{path.stat().st_mtime_ns}:{digest}"
+    return found
+
+
+def processes_with(marker: str) -> list[str]:
+    """Command lines of live host processes that carry ``marker``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(f"{pid}: {cmdline[:120]}")
+    return found
+
+
+@dataclass
+class Graded:
+    """What the module's grading produced, for the tests to inspect."""
+
+    assignment: Assignment
+    attacks: dict[str, Attack]
+    runs: dict[str, SuiteRun]  # attack name -> its run
+    twins: dict[str, SuiteRun]  # sabotage code ("" = reference) -> the twin's run
+    accepted: list[socket.socket]
+    before: dict[str, str]
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def host_listener() -> Iterator[socket.socket]:
+    """A TCP listener on the host's loopback that no worker may reach."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        yield listener
+
+
+@pytest.fixture(scope="module")
+def graded(
+    assignment: Assignment,
+    host_listener: socket.socket,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Graded:
     try:
-        run = supervisor.run(hostile(assignment, name, tmp_path), parts=parts)
-    finally:
-        supervisor.limits = LIMITS
-    elapsed = time.monotonic() - started
+        sandbox.choose("bwrap")
+    except AutograderError as exc:
+        pytest.skip(f"bubblewrap cannot run here: {exc}")
+    root = tmp_path_factory.mktemp("hostile")
+    out = root / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"score": 1.0}')
+    listed = attacks(host_listener.getsockname()[1], out)
+    before = fingerprint(*(REPO / w for w in WATCHED), out)
+    jobs: dict[str, tuple[Path, tuple[str, ...]]] = {}
+    twin_parts: dict[str, set[str]] = {
+        "": {"composition", "coupling", "maf", "change_of_variables"}
+    }
+    for name, attack in listed.items():
+        appended = [(attack.file, attack.sabotage)] if attack.sabotage else []
+        jobs[name] = (
+            submission(assignment, root / name, *appended, (attack.file, attack.code)),
+            attack.parts,
+        )
+        twin_parts.setdefault(attack.sabotage, set()).update(attack.parts)
+    twin_dirs = {}
+    for index, (sabotage, parts) in enumerate(twin_parts.items()):
+        file = next((a.file for a in listed.values() if a.sabotage == sabotage), "")
+        appended = [(file, sabotage)] if sabotage else []
+        twin_dirs[sabotage] = (submission(assignment, root / f"twin{index}", *appended), parts)
+    with (
+        Supervisor(assignment, limits=LIMITS, sandbox_name="bwrap") as supervisor,
+        ThreadPoolExecutor(max_workers=2) as pool,
+    ):
+        futures = {
+            key: pool.submit(supervisor.run, path, parts=sorted(parts))
+            for key, (path, parts) in {
+                **jobs,
+                **{("twin", k): v for k, v in twin_dirs.items()},
+            }.items()
+        }
+        results = {key: future.result() for key, future in futures.items()}
+    accepted = []
+    while True:
+        try:
+            accepted.append(host_listener.accept()[0])
+        except BlockingIOError:
+            break
+    return Graded(
+        assignment,
+        listed,
+        {k: v for k, v in results.items() if not isinstance(k, tuple)},
+        {k[1]: v for k, v in results.items() if isinstance(k, tuple)},
+        accepted,
+        before,
+        out,
+    )
 
-    assert {t.part for t in run.tests} == set(parts), "every graded part has its tests"
-    for part in parts:
-        if part == loser:
-            assert not part_passes(run, part), f"{part} should lose points: {run.flags}"
+
+ATTACK_NAMES = sorted(attacks(0, Path("/out")))
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_attack_earns_what_its_code_earns(graded: Graded, name: str) -> None:
+    attack, run = graded.attacks[name], graded.runs[name]
+    twin = graded.twins[attack.sabotage]
+    earned = points(graded.assignment, run, attack.parts)
+    deserved = points(graded.assignment, twin, attack.parts)
+    assert {t.part for t in run.tests} == set(attack.parts), "every graded part has its tests"
+    detail = [(t.nodeid, t.status, t.message[:120]) for t in run.tests if not t.passed][:4]
+    for part in attack.parts:
+        if attack.at_most:
+            assert earned[part] <= deserved[part], f"{part}: {earned} > {deserved}; {detail}"
         else:
-            failed = [(t.nodeid, t.message) for t in run.tests if t.part == part and not t.passed]
-            assert part_passes(run, part), f"{part} should keep its points: {failed[:3]}"
+            assert earned[part] == deserved[part], f"{part}: {earned} != {deserved}; {detail}"
+    for part in attack.zero:
+        assert earned[part] == 0, f"{part} must earn nothing: {earned}"
+    assert not any("LEAKED" in t.message for t in run.tests), detail
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_attack_is_flagged(graded: Graded, name: str) -> None:
+    attack, run = graded.attacks[name], graded.runs[name]
     shown = "\n".join(run.flags)
-    for fragment in flags:
+    for fragment in attack.flags:
         assert fragment in shown, f"flag {fragment!r} missing from:\n{shown}"
-    assert not any("LEAKED" in t.message for t in run.tests), "hidden test source was read"
-    # Bounded: two test timeouts per part at most, plus restarts.
-    assert elapsed < 2 * limits.test_timeout_s * len(parts) + 60
+    if not attack.flags and not attack.at_most:
+        assert run.flags == [], "an attack that achieved nothing leaves no flag to explain"
 
 
-def test_forged_files_land_nowhere_but_the_scratch(
-    assignment: Assignment, supervisor: Supervisor, tmp_path: Path
-) -> None:
-    run = supervisor.run(hostile(assignment, "forges_results", tmp_path), parts=["composition"])
-    assert all(t.passed for t in run.tests)
-    assert not (REPO / "results.json").exists()
-    assert not (tmp_path / "results.json").exists()
-
-
-def test_reference_still_gets_full_marks(
-    assignment: Assignment, supervisor: Supervisor, tmp_path: Path
-) -> None:
-    shutil.copytree(assignment.solution_dir / "flows", tmp_path / "flows")
-    run = supervisor.run(tmp_path, parts=["composition", "coupling", "maf"])
-    assert run.tests and all(t.passed for t in run.tests), [
-        (t.nodeid, t.message) for t in run.tests if not t.passed
+def test_reference_earns_full_marks_beside_the_attacks(graded: Graded) -> None:
+    run = graded.twins[""]
+    parts = ("change_of_variables", "composition", "coupling", "maf")
+    full = {p: float(graded.assignment.parts[p]) for p in parts}
+    assert points(graded.assignment, run, parts) == full, [
+        (t.nodeid, t.message[:100]) for t in run.tests if not t.passed
     ]
     assert run.flags == []
 
 
-def test_leaving_the_supervisor_kills_running_children(
-    assignment: Assignment, tmp_path: Path
-) -> None:
-    """Ctrl-C during a batch: the submissions in flight die now, not at their time limit."""
-    patient = Limits(test_timeout_s=120, submission_timeout_s=300, memory_mb=4096)
-    workspace = hostile(assignment, "loops_forever", tmp_path)
-    outcome: list[BaseException | SuiteRun] = []
-    with Supervisor(assignment, limits=patient) as supervisor:
-        worker = threading.Thread(
-            target=lambda: outcome.append(_run_or_error(supervisor, workspace)), daemon=True
-        )
-        worker.start()
-        children = _wait_for(supervisor.running, timeout=60)
-        time.sleep(1.0)  # well inside the forever-loop of the coupling tests
-        left = time.monotonic()
-    assert time.monotonic() - left < 2, "leaving the block must not wait for the child"
-    for pid in children:
-        assert _wait_for(lambda pid=pid: not _alive(pid), timeout=2), f"child {pid} survived"
-    worker.join(5)
-    assert not worker.is_alive(), "the run in flight must end, not start a fresh child"
-    assert isinstance(outcome[0], AutograderError) and "stopped" in str(outcome[0])
+def test_no_file_outside_the_scratch_changed(graded: Graded) -> None:
+    after = fingerprint(*(REPO / w for w in WATCHED), graded.out)
+    assert after == graded.before
+    assert not HOST_MARKER.exists() and not (REPO / MARK).exists()
+    assert not (REPO / "pwned").exists() and not (REPO / "results.json").exists()
 
 
-def test_ctrl_c_in_run_kills_its_child(
-    assignment: Assignment, supervisor: Supervisor, tmp_path: Path
-) -> None:
-    """Ctrl-C while ``run`` waits on a child (main thread): the child dies with the run."""
-    workspace = hostile(assignment, "loops_forever", tmp_path)
-    main, seen = threading.get_ident(), []
-
-    def press_ctrl_c() -> None:
-        seen.extend(_wait_for(supervisor.running, timeout=60))
-        time.sleep(1.0)
-        signal.pthread_kill(main, signal.SIGINT)
-
-    threading.Thread(target=press_ctrl_c, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        supervisor.run(workspace, parts=["coupling"])
-    assert seen and supervisor.running() == []
-    for pid in seen:
-        assert _wait_for(lambda pid=pid: not _alive(pid), timeout=2), f"child {pid} survived"
+def test_no_process_of_a_submission_survives(graded: Graded) -> None:
+    assert processes_with(MARK) == []
 
 
-def _run_or_error(supervisor: Supervisor, workspace: Path) -> BaseException | SuiteRun:
+def test_the_host_listener_was_never_reached(graded: Graded) -> None:
+    assert graded.accepted == []
+
+
+def test_printing_300_mb_costs_at_most_the_test_that_printed(graded: Graded) -> None:
+    run = graded.runs["prints_300_mb"]
+    assert sum(not t.passed for t in run.tests) <= 1
+    assert len(run.log) <= 40_000, "the worker's output is kept capped"
+
+
+# -- one batch, two at a time: another submission's output, a linked flows/ ---------------------
+
+TAMPER = """
+import json as _json, os as _os
+_OUT = {out!r}
+_forged = _json.dumps({{"score": 0.0, "output": "forged", "tests": []}})
+for _root in [_OUT, "/tmp", "/work", "/proc/1/root" + _OUT] + [
+    f"/proc/{{p}}/cwd" for p in _os.listdir("/proc") if p.isdigit()
+]:
     try:
-        return supervisor.run(workspace, parts=["coupling"])
-    except AutograderError as error:
-        return error
-
-
-def _wait_for(condition: Callable[[], T], timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for the fork server to reap it does not)."""
+        for _dir, _dirs, _files in _os.walk(_root):
+            for _f in _files:
+                if _f in ("results.json", "grading.json", "grades.csv"):
+                    try:
+                        open(_os.path.join(_dir, _f), "w").write(_forged)
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+for _victim in ("victim", "linked"):
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
+        _os.makedirs(_os.path.join(_OUT, _victim), exist_ok=True)
+        open(_os.path.join(_OUT, _victim, "results.json"), "w").write(_forged)
+    except OSError:
+        pass
+"""
+
+
+def test_batch_attacks_leave_other_submissions_alone(
+    course: Course, assignment: Assignment, tmp_path: Path
+) -> None:
+    try:
+        sandbox.choose("bwrap")
+    except AutograderError as exc:
+        pytest.skip(f"bubblewrap cannot run here: {exc}")
+    out = tmp_path / "out"
+    victim = submission(assignment, tmp_path / "victim")
+    tamperer = submission(
+        assignment, tmp_path / "tamperer", ("composition.py", TAMPER.format(out=str(out)))
+    )
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / PACKAGE).symlink_to(assignment.solution_dir / PACKAGE)
+    before = fingerprint(*(REPO / w for w in WATCHED))
+    quick = dataclasses.replace(assignment, limits=LIMITS)
+    graded = grade_batch(
+        course,
+        quick,
+        [victim, tamperer, linked],
+        out,
+        jobs=2,
+        parts=["composition"],
+        extensions=Extensions(),
+        progress=False,
+        sandbox="bwrap",
+    )
+    full = float(assignment.parts["composition"])
+    by_name = {g.name: g for g in graded}
+    assert by_name["victim"].score.total == full
+    assert by_name["tamperer"].score.total == full, "its code is the reference's"
+    assert by_name["linked"].score.total == 0, "a linked flows/ is refused: the stubs earn 0"
+    assert any("refused" in f and PACKAGE in f for f in by_name["linked"].run.flags)
+    for name in ("victim", "tamperer"):
+        results = json.loads((out / name / "results.json").read_text())
+        assert results["score"] == full and "forged" not in json.dumps(results), name
+        assert by_name[name].run.flags == []
+    assert fingerprint(*(REPO / w for w in WATCHED)) == before
+    assert processes_with(MARK) == []
