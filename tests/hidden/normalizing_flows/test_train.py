@@ -373,7 +373,7 @@ def converge(model: str, request, worker, record_artifact, device) -> None:
             recent = sum(losses[-STOP_WINDOW:]) / len(losses[-STOP_WINDOW:])
             outcomes.append(
                 f"seed {seed}: stopped at step {len(losses)}, the mean loss of the last "
-                f"{STOP_WINDOW} steps was {recent:.3f}, outside [{STOP_BELOW:g}, {STOP_ABOVE:g}] "
+                f"{STOP_WINDOW} steps was {recent:.4g}, outside [{STOP_BELOW:g}, {STOP_ABOVE:g}] "
                 f"where every correct train is by then"
             )
         elif not MASS_RANGE[0] <= mass <= MASS_RANGE[1]:
