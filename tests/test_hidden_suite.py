@@ -1,5 +1,6 @@
-"""The hidden suites have teeth: graded by the real grader, the reference earns full marks and
-every mutant of ``tests/examples/normalizing_flows/mutants.yml`` loses points in its own part.
+"""The hidden suites have teeth: graded by the real grader, the reference earns full marks,
+every mutant of ``tests/examples/normalizing_flows/mutants.yml`` loses points in its own part,
+and every *trivial* one (code that does not attempt the part) earns at most 10% of it.
 
 Each submission goes through the grading stages themselves (unpack -> workspace -> supervisor ->
 scoring), in isolated children forked from one warm server, two at a time. A mutant is graded on
@@ -78,3 +79,22 @@ def test_mutant_loses_points_in_its_part(graded, mutant):
     assert all(t.outcome.status in ("passed", "failed", "error", "skipped") for t in part.tests), (
         _describe(part)
     )
+
+
+TRIVIAL = [m for m in MUTANTS if m.trivial]
+
+
+@pytest.mark.parametrize("mutant", TRIVIAL, ids=[m.name for m in TRIVIAL])
+def test_trivial_code_earns_at_most_a_tenth(graded, mutant):
+    """Code that does not attempt the part (identity layers, zero log-dets, constant outputs, a
+    train that never steps) proves a bijection at best; it earns at most 10% of the part."""
+    _, result = graded[mutant.name]
+    part = result.parts[mutant.part]
+    assert part.earned <= 0.1 * part.max_points, (
+        f"trivial mutant {mutant.name} ({mutant.description}) earned "
+        f"{part.earned:.2f}/{part.max_points:g} in {mutant.part}\n" + _describe(part)
+    )
+
+
+def test_there_are_trivial_mutants_for_every_part():
+    assert {m.part for m in TRIVIAL} == set(ASSIGNMENT.parts)

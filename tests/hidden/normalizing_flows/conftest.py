@@ -9,7 +9,10 @@ float64 central differences of worker outputs (:func:`jacobians`).
 
 Run against a submission (a folder holding ``flows/``)::
 
-    pytest tests/hidden/normalizing_flows --submission DIR [--sandbox auto] [--dtype float32]
+    pytest tests/hidden/normalizing_flows --submission=DIR [--sandbox=auto] [--dtype=float32]
+
+(``--submission=DIR`` with ``=``: pytest would otherwise take DIR for a test path and load its
+conftest.)
 
 A test module ``test_<part>.py`` grades the student file ``flows/<part>.py``; a file that does
 not import fails its own part's tests with one line, e.g. ``coupling.py does not import:
