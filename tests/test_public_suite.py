@@ -142,6 +142,16 @@ TRAIN_FIXED_SEED = ExampleSpec(
     new="generator = torch.Generator(device=device).manual_seed(0)",
 )
 
+# A callback called before the step is taken, counting from 1: off by one, and the loss it gets is
+# the previous step's.
+TRAIN_CALLBACK_OFF_BY_ONE = ExampleSpec(
+    name="train_callback_off_by_one",
+    file="train",
+    part="train",
+    old="callback(step, loss.item())",
+    new="callback(step + 1, float(losses[step - 1]))",
+)
+
 
 @dataclass(frozen=True)
 class Caught:
@@ -177,6 +187,11 @@ CAUGHT = [
         TRAIN_FIXED_SEED,
         frozenset({"test_train_seed_chooses_the_minibatches"}),
         "`seed` does not choose the minibatches",
+    ),
+    Caught(
+        TRAIN_CALLBACK_OFF_BY_ONE,
+        frozenset({"test_train_calls_callback_after_every_step"}),
+        "should call f(step, loss) once after each step, with step = 0, 1, ..., 6",
     ),
 ]
 
@@ -214,4 +229,4 @@ def test_public_checks_catch_common_mistakes(
     assert result.returncode == 1, output[-3000:] + result.stderr
     assert failed_tests(output, test_file) == set(caught.failing), output[-3000:]
     assert caught.says in output, output[-3000:]
-    assert "Traceback" not in output
+    assert "Traceback" not in output and "During handling" not in output, output[-3000:]
