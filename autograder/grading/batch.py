@@ -7,10 +7,9 @@ Per submission, small named stages run in order::
 
 ``<name>`` is the submission's folder name or zip stem; its outputs go to ``out/<name>/``.
 
-**Resume.** The *content key* is ``sha256`` of the student files, the hidden suites, the given
-files, the part points and the parts asked for. ``out/<name>/grading.json`` (written last, with
-the key and the :class:`SuiteRun`) says the submission is done: a re-run with the same key reuses
-it, so a killed or interrupted batch resumes where it stopped and an unchanged one is free.
+**Resume** (:mod:`.resume`). ``out/<name>/grading.json`` (written last, with the content key
+and the :class:`SuiteRun`) says the submission is done: a re-run with the same key reuses it, so a
+killed or interrupted batch resumes where it stopped and an unchanged one is free.
 
 **Failure.** A submission that cannot be unpacked (or whose grading hits a grader bug) still
 gets a complete ``results.json``: every part at 0, the reason in ``output`` and in the flags;
@@ -30,16 +29,14 @@ the batch goes on.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from functools import partial, update_wrapper
@@ -48,7 +45,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from autograder.config import PACKAGE, Assignment, Course
+from autograder.config import Assignment, Course
 from autograder.errors import AutograderError
 from autograder.gradebook import GradebookSink
 from autograder.grading import atomic
@@ -71,9 +68,10 @@ from autograder.grading.reports import (
     write_grades_csv,
     write_reports,
 )
+from autograder.grading.resume import GRADING, content_digest, course_digest, read_grading
 from autograder.grading.sandbox import choose as choose_sandbox
 from autograder.grading.scoring import part_points, score
-from autograder.grading.supervisor import Supervisor
+from autograder.grading.supervisor import OnDemandSupervisor, Supervisor
 from autograder.grading.unpack import StudentFiles, SubmissionError, collect_submission
 from autograder.grading.workspace import prepare_workspace, student_file_names
 from autograder.nbgrader_course import course_folder
@@ -91,7 +89,6 @@ __all__ = [  # the extension types live in extensions.py; still importable from 
     "submission_name",
 ]
 
-GRADING = "grading.json"
 PLOTS = "plots"
 
 
@@ -151,7 +148,10 @@ def grade_batch(
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, GradedSubmission] = {}
     bar = tqdm(total=len(names), desc="grading", unit="sub", file=sys.stderr, disable=not progress)
-    with _OnDemand(lambda: Supervisor(assignment, sandbox_name=sandbox)) as supervisor, bar:
+    with (
+        OnDemandSupervisor(lambda: Supervisor(assignment, sandbox_name=sandbox)) as supervisor,
+        bar,
+    ):
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
             futures = [
@@ -172,29 +172,6 @@ def grade_batch(
     ordered = [results[name] for name in names]
     print(format_table(assignment, [g.row for g in ordered], resumed=_resumed(ordered)))
     return ordered
-
-
-class _OnDemand:
-    """The :class:`Supervisor`, started on first use: its warm fork server costs seconds, which a
-    batch that only resumes never pays."""
-
-    def __init__(self, start: Callable[[], Supervisor]) -> None:
-        self._start = start
-        self._lock = threading.Lock()
-        self._stack = contextlib.ExitStack()
-        self._supervisor: Supervisor | None = None
-
-    def __enter__(self) -> _OnDemand:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stack.close()
-
-    def run(self, workspace: Path, *, parts: list[str] | None = None) -> SuiteRun:
-        with self._lock:
-            if self._supervisor is None:
-                self._supervisor = self._stack.enter_context(self._start())
-        return self._supervisor.run(workspace, parts=parts)
 
 
 def _unique_names(submissions: Iterable[Path]) -> dict[str, Path]:
@@ -235,7 +212,7 @@ class _BatchGrader:
         self.course, self.assignment, self.out = course, assignment, out
         self.parts, self.extensions = parts, extensions
         self.sandbox = "none"  # the backend's name, set by grade_batch
-        self.course_digest = _course_digest(assignment, parts)
+        self.course_digest = course_digest(assignment, parts)
         self._csv_lock = threading.Lock()
         # grades.csv covers every submission graded into ``out`` (earlier runs included). Their
         # rows are read once, on the first store, not again per submission: a grading.json holds
@@ -243,7 +220,9 @@ class _BatchGrader:
         self._rows: dict[str, dict[str, Any]] | None = None
         self.stopping = threading.Event()  # set when the batch is abandoned midway
 
-    def grade(self, name: str, submission: Path, supervisor: _OnDemand) -> GradedSubmission:
+    def grade(
+        self, name: str, submission: Path, supervisor: OnDemandSupervisor
+    ) -> GradedSubmission:
         dest = self.out / name
         started = time.monotonic()
         try:
@@ -252,7 +231,7 @@ class _BatchGrader:
             graded = self._failed(name, submission, dest, str(exc), "unreadable submission")
         else:
             extra = [fingerprint(submission) for fingerprint in self.extensions.fingerprints]
-            content = _files_digest(files, extra)
+            content = content_digest(files, extra)
             key = hashlib.sha256(f"{self.course_digest}:{content}".encode()).hexdigest()
             graded = self._resume(name, submission, dest, key)
             if graded is None:
@@ -274,7 +253,7 @@ class _BatchGrader:
     # --- stages ------------------------------------------------------------------------------
 
     def _resume(self, name: str, submission: Path, dest: Path, key: str) -> GradedSubmission | None:
-        stored = _read_grading(dest)
+        stored = read_grading(dest)
         if stored is None or stored.get("key") != key or not (dest / RESULTS).is_file():
             return None
         run = SuiteRun.from_json(stored["run"])
@@ -303,7 +282,7 @@ class _BatchGrader:
         dest: Path,
         key: str,
         files: StudentFiles,
-        supervisor: _OnDemand,
+        supervisor: OnDemandSupervisor,
     ) -> GradedSubmission:
         with tempfile.TemporaryDirectory(prefix=f"autograder-{name}-") as scratch:
             workspace = prepare_workspace(self.assignment, files, Path(scratch))
@@ -333,7 +312,7 @@ class _BatchGrader:
     def _merge_previous(self, graded: GradedSubmission, content: str) -> GradedSubmission:
         """After a ``--part`` re-grade, keep the other parts' stored results for the same code."""
         graded = replace(graded, content=content)
-        stored = _read_grading(graded.out_dir)
+        stored = read_grading(graded.out_dir)
         if not self.parts or stored is None or stored.get("content") != content:
             return graded
         previous = SuiteRun.from_json(stored["run"])
@@ -397,7 +376,7 @@ class _BatchGrader:
         )
         with self._csv_lock:
             if self._rows is None:
-                stored = ((d.name, _read_grading(d)) for d in sorted(self.out.iterdir()))
+                stored = ((d.name, read_grading(d)) for d in sorted(self.out.iterdir()))
                 self._rows = {name: g["row"] for name, g in stored if g and "row" in g}
             self._rows[graded.name] = graded.row
             write_grades_csv(self.out / GRADES_CSV, self.assignment, list(self._rows.values()))
@@ -413,43 +392,3 @@ def _run_stage(stage: ExtraStage, context: StageContext, run: SuiteRun) -> None:
     except Exception as exc:  # the stage's points are lost, not the submission's
         name = getattr(stage, "__name__", type(stage).__name__)
         run.flags.append(f"grader stage {name} failed: {exc!r}")
-
-
-def _files_digest(files: StudentFiles, extra: list[bytes]) -> str:
-    """Digest of what the submission contributes: its student files and the extensions' reads."""
-    digest = hashlib.sha256()
-    for path in sorted(files.files):
-        digest.update(f"\0{path}\0".encode())
-        digest.update(files.files[path])
-    digest.update(json.dumps([sorted(files.missing), sorted(files.refused.items())]).encode())
-    for data in extra:
-        digest.update(hashlib.sha256(data).digest())
-    return digest.hexdigest()
-
-
-def _read_grading(dest: Path) -> dict[str, Any] | None:
-    path = dest / GRADING
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # unreadable: grade again
-    return data if isinstance(data, dict) else None
-
-
-def _course_digest(assignment: Assignment, parts: list[str] | None) -> str:
-    """Hash of what the course contributes to a grade: suites, given files, points, parts."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([part_points(assignment), sorted(parts or [])]).encode())
-    # All of the release's flows/: the given files, and the stubs that stand in for missing files.
-    given = sorted((assignment.release_dir / PACKAGE).glob("*.py"))
-    suites = sorted(
-        p
-        for p in assignment.hidden_tests_dir.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    )
-    for path in [*given, *suites]:
-        digest.update(f"\0{path.relative_to(assignment.root)}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()

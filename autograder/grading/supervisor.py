@@ -25,6 +25,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -231,6 +232,29 @@ class Supervisor:
             shutil.rmtree(run_dir, ignore_errors=True)
         suite.wall_time_s = time.monotonic() - started
         return suite
+
+
+class OnDemandSupervisor:
+    """The :class:`Supervisor`, started on first use: its warm fork server costs seconds, which a
+    batch that only resumes never pays."""
+
+    def __init__(self, start: Callable[[], Supervisor]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self._stack = contextlib.ExitStack()
+        self._supervisor: Supervisor | None = None
+
+    def __enter__(self) -> OnDemandSupervisor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def run(self, workspace: Path, *, parts: list[str] | None = None) -> SuiteRun:
+        with self._lock:
+            if self._supervisor is None:
+                self._supervisor = self._stack.enter_context(self._start())
+        return self._supervisor.run(workspace, parts=parts)
 
 
 def _nothing() -> None:
