@@ -230,8 +230,8 @@ def _assert_full_marks(
         by_part.setdefault(test["tags"][0], []).append(test)
     assert set(by_part) == {*assignment.parts, "notebook"}, context
     for part, points in assignment.parts.items():
-        earned = sum(t["score"] for t in by_part[part])
-        assert earned == pytest.approx(points), f"{part}: {earned} of {points}\n{context}"
+        earned = sum(t["score"] for t in by_part[part])  # each rounded to 4 decimals
+        assert earned == pytest.approx(points, abs=0.01), f"{part}: {earned} of {points}\n{context}"
     cells = {cell.title: cell for cell in grade_cells(assignment)}
     notebook = by_part["notebook"]
     assert sum(t["max_score"] for t in notebook) == pytest.approx(assignment.notebook.points)
