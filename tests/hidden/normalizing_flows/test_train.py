@@ -374,7 +374,8 @@ def converge(model: str, request, worker, record_artifact, device) -> None:
             outcomes.append(
                 f"seed {seed}: stopped at step {len(losses)}, the mean loss of the last "
                 f"{STOP_WINDOW} steps was {recent:.4g}, outside [{STOP_BELOW:g}, {STOP_ABOVE:g}] "
-                f"where every correct train is by then"
+                f"where every correct train's mean NLL is by then (the flow's held-out NLL "
+                f"there: {nll:.3f})"
             )
         elif not MASS_RANGE[0] <= mass <= MASS_RANGE[1]:
             outcomes.append(
