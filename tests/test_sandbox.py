@@ -362,3 +362,78 @@ def test_grade_refuses_an_unavailable_backend(autograder_cli: CliRunner, tmp_pat
 def test_unknown_backend_is_an_error() -> None:
     with pytest.raises(AutograderError, match="unknown sandbox 'docker'"):
         sandbox.choose("docker")
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebook stage's kernel: the same sandbox, through a kernel spec.
+
+KERNEL_PROBE = """
+import json, os, socket
+def can_connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+print(json.dumps({
+    "uid": os.getuid(),
+    "here": sorted(os.listdir(".")),
+    "visible": [os.path.exists(p) for p in %(paths)r],
+    "interfaces": sorted(name for _, name in socket.if_nameindex()),
+    "host_port": can_connect(%(port)d),
+}))
+"""
+
+
+def test_notebook_kernel_sees_only_its_folder(tmp_path: Path) -> None:
+    """nbgrader's kernel starts inside bubblewrap: the folder the notebook runs in, nothing else
+    (not the gradebook, the source notebook or the course files), and no network."""
+    pytest.importorskip("jupyter_client")
+    from jupyter_client import KernelManager
+
+    from autograder.grading.sandbox.kernel import sandboxed_kernel
+
+    if sandbox.BubblewrapBackend().unavailable():
+        pytest.skip("bubblewrap is not available here")
+    course = tmp_path / "nbgrader"
+    workdir = course / "autograded" / "alice" / "normalizing_flows"
+    workdir.mkdir(parents=True)
+    (workdir / "explore.ipynb").write_text("{}")
+    (course / "gradebook.db").write_text("grades")
+    (course / "source").mkdir()
+    (course / "source" / "explore.ipynb").write_text("hidden tests")
+    env, manager = sandboxed_kernel(workdir, course / "kernel")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    secrets = [course / "gradebook.db", course / "source" / "explore.ipynb", REPO / "solutions"]
+    code = KERNEL_PROBE % {"paths": [str(p) for p in secrets], "port": listener.getsockname()[1]}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    km = KernelManager(kernel_name="python3", **manager)
+    try:
+        km.start_kernel(cwd=str(workdir))
+        client = km.client()
+        client.start_channels()
+        client.wait_for_ready(timeout=120)
+        printed: list[str] = []
+
+        def keep(message: dict) -> None:
+            if message["msg_type"] == "stream":
+                printed.append(message["content"]["text"])
+
+        client.execute_interactive(code, timeout=60, output_hook=keep)
+        client.stop_channels()
+    finally:
+        km.shutdown_kernel(now=True)
+        listener.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    seen = json.loads("".join(printed))
+    assert seen["uid"] == NOBODY
+    assert seen["here"] == ["explore.ipynb"]
+    assert seen["visible"] == [False, False, False], dict(zip(map(str, secrets), seen["visible"]))
+    assert seen["interfaces"] == ["lo"] and seen["host_port"] is False

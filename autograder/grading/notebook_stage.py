@@ -16,12 +16,11 @@ in a child process of its own (``python -m autograder.grading.notebook_stage``: 
 (``limits.submission_timeout_s``) after which the child's whole process group (kernel included)
 is killed. With the ``bwrap`` backend the kernel itself starts inside the worker's sandbox
 (:mod:`autograder.grading.sandbox.kernel`): it sees the folder the notebook runs in and nothing
-else (not the gradebook, not the source notebook, not the course files); it keeps the host's
-network namespace, which nbclient's TCP connection to it needs. Residual risk: nbgrader runs the
-hidden test cells in that same kernel, so a notebook can forge its own cells' outputs (its own
-10 points, nothing else). With the ``user`` or ``none`` backends the kernel runs as the grading
-user. The child's database is private to the submission; :mod:`autograder.gradebook` copies the
-scores into the course's gradebook.
+else (not the gradebook, not the source notebook, not the course files), over Unix sockets and
+without a network. Residual risk: nbgrader runs the hidden test cells in that same kernel, so a
+notebook can forge its own cells' outputs (its own 10 points, nothing else). With the ``user``
+or ``none`` backends the kernel runs as the grading user. The child's database is private to the
+submission; :mod:`autograder.gradebook` copies the scores into the course's gradebook.
 
 **Outcomes.** One :class:`TestOutcome` per graded cell, ``part="notebook"``, its points as
 weight: an autograded test cell passes when nbgrader gave it full points; a written answer is
@@ -277,7 +276,10 @@ def _child_main(argv: list[str]) -> int:
 
         workdir = Path(root) / "autograded" / student / assignment.name
         runtime = Path(root) / "kernel"
-        os.environ.update(sandboxed_kernel(workdir, runtime))
+        env, manager = sandboxed_kernel(workdir, runtime)
+        os.environ.update(env)
+        for key, value in manager.items():
+            setattr(config.KernelManager, key, value)
     run_converter(Autograde, config, assignment, "autograde")
     return 0
 

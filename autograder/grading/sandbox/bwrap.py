@@ -59,7 +59,6 @@ class BubblewrapBackend(Backend):
         chdir: str,
         env: dict[str, str],
         gpu: bool = False,
-        share_net: bool = False,
     ) -> list[str]:
         """``argv`` run in the sandbox; ``binds``: ``(host path, path inside, writable)``."""
         assert self.binary is not None
@@ -76,8 +75,6 @@ class BubblewrapBackend(Backend):
             "--dev", "/dev",
             "--tmpfs", "/tmp",
         ]  # fmt: skip
-        if share_net:
-            args.append("--share-net")
         for path in SYSTEM_DIRS:
             if os.path.islink(path):
                 args += ["--symlink", os.readlink(path), path]

@@ -6,8 +6,8 @@ writes a kernel spec named ``python3`` (the name the notebooks ask for) whose co
 ``ipykernel`` through bubblewrap, and the environment that makes Jupyter find it first. The
 kernel sees the folder nbgrader executes the notebook in (the student's notebook and ``flows/``)
 and its connection files, nothing else: not the gradebook, not the source notebook, not the
-course repository. Its connection file is written in a folder of its own that it can see.
-It shares the host's network namespace: nbclient speaks to it over TCP on loopback.
+course repository. nbclient talks to it over Unix sockets (``transport = "ipc"``) in a folder
+that both see, so it needs no network.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from autograder.grading.sandbox.bwrap import BubblewrapBackend
 KERNEL_NAME = "python3"
 
 
-def sandboxed_kernel(workdir: Path, runtime: Path) -> dict[str, str]:
-    """Write the kernel spec under ``runtime``; returns the environment variables to set.
+def sandboxed_kernel(workdir: Path, runtime: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Write the kernel spec under ``runtime``; returns the environment variables to set and
+    the ``KernelManager`` settings (IPC sockets and the connection file, both in ``runtime``).
 
     ``workdir``: where nbgrader executes the notebook (bound read-write); ``runtime``: a fresh
     folder for the spec, the connection file and the sockets (bound read-write).
@@ -46,17 +47,15 @@ def sandboxed_kernel(workdir: Path, runtime: Path) -> dict[str, str]:
             "JUPYTER_RUNTIME_DIR": str(runtime),
             "PYTHONPATH": str(workdir),
         },
-        # nbclient talks to the kernel over ZMQ on loopback (nbgrader does not hand it the
-        # IPC transport), so the kernel keeps the host's network namespace; files stay hidden.
-        share_net=True,
     )
     spec_dir = runtime / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
     spec = {"argv": argv, "display_name": "Python 3 (sandboxed)", "language": "python"}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
-    # TMPDIR: jupyter_client writes the connection file with mkstemp when nbclient names none.
-    return {
-        "JUPYTER_PATH": str(runtime),
-        "JUPYTER_RUNTIME_DIR": str(runtime),
-        "TMPDIR": str(runtime),
+    env = {"JUPYTER_PATH": str(runtime), "JUPYTER_RUNTIME_DIR": str(runtime)}
+    manager = {
+        "transport": "ipc",
+        "ip": str(runtime / "ipc"),
+        "connection_file": str(runtime / "connection.json"),
     }
+    return env, manager
