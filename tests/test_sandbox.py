@@ -435,5 +435,7 @@ def test_notebook_kernel_sees_only_its_folder(tmp_path: Path) -> None:
     seen = json.loads("".join(printed))
     assert seen["uid"] == NOBODY
     assert seen["here"] == ["explore.ipynb"]
-    assert seen["visible"] == [False, False, False], dict(zip(map(str, secrets), seen["visible"]))
+    assert seen["visible"] == [False, False, False], dict(
+        zip(map(str, secrets), seen["visible"], strict=True)
+    )
     assert seen["interfaces"] == ["lo"] and seen["host_port"] is False
