@@ -31,6 +31,7 @@ from autograder.grading.sandbox.base import make_runtime
 STARTUP_TIMEOUT_S = 120.0  # a cold `import torch` on a loaded host takes seconds, not minutes
 MAX_LOG_KEPT = 20_000  # characters of the worker's output kept for staff
 MAX_LOG_HEAD = 1 << 20  # bytes of the worker's output written to its log, per start
+PASSED_ENV = ("CUDA_VISIBLE_DEVICES",)
 MEMORY_MARKERS = ("can't allocate memory", "Cannot allocate memory", "out of memory")
 
 
@@ -132,6 +133,8 @@ class Session:
             threads=self.threads,
             slot=self.slot,
             gpu=self.gpu,
+            # The sandbox starts from an empty environment: the GPU the supervisor chose.
+            env={k: os.environ[k] for k in PASSED_ENV if k in os.environ},
         )
         try:
             self._process = self.backend.start(spec)

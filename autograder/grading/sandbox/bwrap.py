@@ -88,9 +88,10 @@ class BubblewrapBackend(Backend):
                 args += ["--ro-bind", str(root), str(root)]
         for leak in course_pointers():
             args += ["--ro-bind", "/dev/null", leak]
-        if gpu:
+        if gpu:  # the CUDA driver's devices, and the topology it reads from /sys
             for device in glob.glob("/dev/nvidia*"):
                 args += ["--dev-bind", device, device]
+            args += ["--ro-bind", "/sys", "/sys"]
         for host, inside, writable in binds:
             args += ["--bind" if writable else "--ro-bind", host, inside]
         args += ["--chdir", chdir, "--setenv", "PATH", "/usr/bin:/bin"]
