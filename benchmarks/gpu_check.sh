@@ -48,11 +48,11 @@ fi
 
 part "repo gpu tests" 120 $PYTHON -m pytest -q -p no:cacheprovider -m gpu
 part "hidden gpu variant" 180 \
-    $PYTHON -m pytest -q -p no:cacheprovider --assert=plain $HIDDEN -m gpu --submission $SUBMISSION
+    $PYTHON -m pytest -q -p no:cacheprovider --assert=plain $HIDDEN -m gpu --submission=$SUBMISSION
 if [ "$cuda" -eq 1 ]; then
     part "hidden suite on cuda" 180 \
         $PYTHON -m pytest -q -p no:cacheprovider --assert=plain $HIDDEN --device cuda \
-        --submission $SUBMISSION
+        --submission=$SUBMISSION
     part "training benchmark on cuda" 300 \
         $PYTHON benchmarks/run.py --only training --device cuda --save "$LOGS/training-cuda.md"
 fi
