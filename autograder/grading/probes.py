@@ -202,3 +202,91 @@ def gradients(loss_fn: Callable[..., Tensor], module: torch.nn.Module, *args: An
         return None
     loss.backward()
     return [parameter.grad for parameter in module.parameters()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients. Autograd cannot cross to the harness, so the worker reports what its autograd says,
+# and the harness checks those numbers against finite differences of outputs it asked for
+# (``moved_parameters_call`` and plain calls): a stray ``.detach()`` shows as a mismatch.
+
+
+def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _selected(out: Any, output: int | None) -> Any:
+    return out[output] if output is not None and isinstance(out, (tuple, list)) else out
+
+
+def gradient_of_mean(
+    fn: Callable[..., Any], module: torch.nn.Module, *args: Any, output: int | None = None
+) -> dict[str, Any]:
+    """Autograd's gradient of ``mean(fn(*args)[output])``, in float64.
+
+    ``parameters``: w.r.t. every trainable parameter of ``module``, flattened and concatenated in
+    ``module.parameters()`` order; ``inputs``: w.r.t. each floating-point tensor in ``args``
+    (``None`` for the other arguments). A parameter or input the mean does not reach gets
+    zeros; ``attached`` is False when the mean is not a tensor autograd can differentiate at all.
+    """
+    parameters = _trainable(module)
+    args = tuple(
+        a.detach().clone().requires_grad_(True)
+        if isinstance(a, Tensor) and a.is_floating_point()
+        else a
+        for a in args
+    )
+    wanted = [isinstance(a, Tensor) and a.requires_grad for a in args]
+    inputs = [a for a, w in zip(args, wanted, strict=True) if w]
+    value = _selected(fn(*args), output)
+    if not isinstance(value, Tensor) or not value.requires_grad or value.numel() == 0:
+        total = sum(p.numel() for p in parameters)
+        return {
+            "parameters": torch.zeros(total, dtype=torch.float64),
+            "inputs": [
+                torch.zeros_like(a, dtype=torch.float64) if w else None
+                for a, w in zip(args, wanted, strict=True)
+            ],
+            "attached": False,
+        }
+    grads = torch.autograd.grad(value.mean(), parameters + inputs, allow_unused=True)
+    flat = [
+        (g if g is not None else torch.zeros_like(p)).detach().double().flatten()
+        for g, p in zip(grads[: len(parameters)], parameters, strict=True)
+    ]
+    input_grads = iter(grads[len(parameters) :])
+    per_arg = []
+    for a, w in zip(args, wanted, strict=True):
+        if w:
+            g = next(input_grads)
+            per_arg.append((g if g is not None else torch.zeros_like(a)).detach().double())
+        else:
+            per_arg.append(None)
+    return {
+        "parameters": torch.cat(flat) if flat else torch.zeros(0, dtype=torch.float64),
+        "inputs": per_arg,
+        "attached": True,
+    }
+
+
+def moved_parameters_call(
+    fn: Callable[..., Any], module: torch.nn.Module, direction: Tensor, step: float, *args: Any
+) -> Any:
+    """``fn(*args)`` with ``module``'s trainable parameters moved by ``step * direction``.
+
+    ``direction`` is flat, in the order of :func:`gradient_of_mean`; the parameters are restored
+    exactly afterwards, whatever ``fn`` does.
+    """
+    parameters = _trainable(module)
+    saved = [p.detach().clone() for p in parameters]
+    sizes = [p.numel() for p in parameters]
+    if direction.numel() != sum(sizes):
+        raise ValueError(f"direction has {direction.numel()} entries, parameters {sum(sizes)}")
+    try:
+        with torch.no_grad():
+            for p, d in zip(parameters, direction.split(sizes), strict=True):
+                p.add_(step * d.reshape(p.shape).to(dtype=p.dtype, device=p.device))
+            return fn(*args)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(parameters, saved, strict=True):
+                p.copy_(s)

@@ -101,6 +101,7 @@ def worker(request: pytest.FixtureRequest) -> Iterator[remote.Session]:
         Path(request.config.getoption("--submission")),
         base,
         Limits(test_timeout_s=300),
+        gpu=torch.cuda.is_available(),  # the worker sees the GPUs only when asked to
     )
     try:
         yield session
@@ -288,6 +289,55 @@ def jacobians(
 
 def log_abs_dets(jacobian: torch.Tensor) -> torch.Tensor:
     return torch.linalg.slogdet(jacobian).logabsdet
+
+
+def expect_gradients(
+    probes: Handle, fn: Handle, module: Handle, args: tuple, what: str, of: str, output=None
+) -> None:
+    """Training needs autograd's gradient through ``fn``: the worker's autograd gradient of
+    ``mean(fn(*args)[output])`` (w.r.t. ``module``'s parameters and each float64 tensor in
+    ``args``) must match finite differences of outputs measured here, along a random direction.
+
+    ``what`` names the call (``AffineCoupling(mask=[1, 0]).forward``), ``of`` the output (``the
+    output``, ``log|det J|``). A ``.detach()`` or a value taken out of the graph shows here.
+    """
+    eps, tol = 1e-6, 1e-6
+    got = probes.gradient_of_mean(fn, module, *args, output=output)
+    select = (lambda out: out[output]) if output is not None else (lambda out: out)
+
+    def mean_of(out: Any) -> float:
+        if output is not None:
+            assert isinstance(out, tuple) and len(out) > output, f"{what} returned {_kind(out)}"
+        return float(expect_tensor(select(out), f"{of} of {what}").double().mean())
+
+    generator = torch.Generator().manual_seed(SEED + 17)
+    checks: list[tuple[str, float, float]] = []  # (with respect to, autograd, measured)
+    grad = expect_tensor(got["parameters"], "the gradient").double()
+    if grad.numel():
+        direction = torch.randn(grad.numel(), dtype=torch.float64, generator=generator)
+        direction /= direction.norm()
+        plus = mean_of(probes.moved_parameters_call(fn, module, direction, eps, *args))
+        minus = mean_of(probes.moved_parameters_call(fn, module, direction, -eps, *args))
+        checks.append(
+            ("the flow's parameters", float(grad @ direction), (plus - minus) / (2 * eps))
+        )
+    for index, (arg, grad) in enumerate(zip(args, got["inputs"], strict=True)):
+        if not isinstance(arg, torch.Tensor) or grad is None:
+            continue
+        grad = expect_tensor(grad, "the gradient", tuple(arg.shape)).double()
+        direction = torch.randn(arg.shape, dtype=torch.float64, generator=generator)
+        direction /= direction.norm()
+        moved = [list(args), list(args)]
+        moved[0][index], moved[1][index] = arg + eps * direction, arg - eps * direction
+        plus, minus = (mean_of(fn(*m)) for m in moved)
+        checks.append(("the input", float((grad * direction).sum()), (plus - minus) / (2 * eps)))
+    for wrt, autograd, measured in checks:
+        assert abs(autograd - measured) <= tol * (1 + abs(measured)), (
+            f"{what}: training follows the gradient, so the gradient of the mean of {of} with "
+            f"respect to {wrt} should match how it changes; along a random direction it changes "
+            f"at rate {measured:.6g} (finite differences), but autograd's gradient gives "
+            f"{autograd:.6g} (is a tensor detached, or computed outside autograd, on the way?)"
+        )
 
 
 # Calls that cost more than O(d) per sample: a determinant, an inverse, or an autograd Jacobian.

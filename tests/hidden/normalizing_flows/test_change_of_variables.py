@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from conftest import expect_pair, expect_tensor, fetch
+from conftest import expect_gradients, expect_pair, expect_tensor, fetch
 from torch import Tensor
 from torch.distributions import LogNormal, MultivariateNormal
 
@@ -223,3 +223,31 @@ def test_sample_follows_the_flow(change_of_variables, given):
         f"20000 samples of x = A z + b should have mean b = {fmt(torch.tensor(SHIFT))} and "
         f"covariance A A^T = {fmt(expected)}; got mean {fmt(mean)} and covariance {fmt(cov)}"
     )
+
+
+@pytest.mark.weight(2)
+def test_log_prob_gradients_flow(change_of_variables, given, probes):
+    """Training follows the gradient of log_prob: autograd's gradient (w.r.t. the flow's
+    parameters and the points) matches finite differences, for a course flow and for Affine"""
+    x = torch.randn(6, 2, dtype=torch.float64)
+    base = given.standard_normal(2, dtype=torch.float64)
+    for name, flow in (
+        ("x = 1.5 z + 0.3", probes.ScaleShift(1.5, 0.3)),
+        ("Affine", affine(change_of_variables, MATRICES["det < 0 [[1, 2], [3, 1]]"], SHIFT)),
+    ):
+        what = f"log_prob for {name}, z ~ N(0, I)"
+        expect_gradients(
+            probes, change_of_variables.log_prob, flow, (flow, base, x), what, "log p_X(x)"
+        )
+
+
+def test_affine_gradients_flow(change_of_variables, probes, matrix):
+    """Affine's outputs and log-determinants pass gradients to A, b and the input"""
+    name, A = matrix
+    flow = affine(change_of_variables, A.tolist(), SHIFT)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    for direction in ("forward", "inverse"):
+        what = f"Affine with A = {name}, {direction}"
+        for output, of in ((0, "the output"), (1, "log|det J|")):
+            method = getattr(flow, direction)
+            expect_gradients(probes, method, flow, (x,), what, of, output)

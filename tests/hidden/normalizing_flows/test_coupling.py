@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import expect_pair, jacobians, max_error
+from conftest import expect_gradients, expect_pair, jacobians, max_error
 
 MASKS = {
     "[1, 0]": [1, 0],
@@ -191,3 +191,36 @@ def test_log_det_is_linear_time(coupling, randomize, kind, check):
     name = f"{kind} with {features} features"
     expect_coupled(flow, name, mask, z)
     check.cheap(flow, z, name)
+
+
+@pytest.mark.weight(2)
+def test_gradients_flow(coupling, randomize, probes):
+    """Training needs gradients: autograd's gradients of a coupling layer's outputs and
+    log-determinants (w.r.t. its parameters and its input) match finite differences"""
+    for kind in KINDS:
+        mask = torch.tensor([0, 1, 1, 0], dtype=torch.float64)
+        flow = randomize(getattr(coupling, kind)(mask, hidden_features=8, num_hidden=2).double())
+        x = torch.randn(6, 4, dtype=torch.float64)
+        for direction in ("forward", "inverse"):
+            what = f"{kind}(mask=[0, 1, 1, 0]).{direction}"
+            for output, of in ((0, "the output"), (1, "log|det J|")):
+                method = getattr(flow, direction)
+                expect_gradients(probes, method, flow, (x,), what, of, output)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fresh_layer_is_finite(coupling, kind):
+    """A freshly built coupling layer (whatever its initial parameters) maps finite points to
+    finite points with finite log-determinants, both ways"""
+    mask = torch.tensor([1, 0, 1], dtype=torch.float64)
+    flow = getattr(coupling, kind)(mask, hidden_features=8, num_hidden=1).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for direction in ("forward", "inverse"):
+        name = f"a fresh {kind}(mask=[1, 0, 1]).{direction}"
+        out, log_det = expect_pair(getattr(flow, direction)(x), name, 5, 3)
+        bad = int((~torch.isfinite(out)).sum() + (~torch.isfinite(log_det)).sum())
+        assert bad == 0, (
+            f"{name} should give finite outputs and log|det J| for finite inputs; got "
+            f"{bad} inf/nan value(s), e.g. output {out[0].tolist()}, log|det J| "
+            f"{float(log_det[0])} for sample 0"
+        )
