@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import expect_pair, expect_tensor, fetch, jacobians, max_error
+from conftest import expect_gradients, expect_pair, expect_tensor, fetch, jacobians, max_error
 
 # A change smaller than this is "no change": far above float64 finite-difference noise (~1e-9)
 # and far below what random weights (std 0.3) produce (~1e-2 and more).
@@ -298,3 +298,48 @@ def test_log_det_is_linear_time(maf, randomize, check):
     x = torch.randn(16, 16)
     expect_autoregressive(small, "MAF with 16 features", torch.arange(16), x)
     check.cheap(small, x, "MAF with 16 features", ("forward",))
+
+
+@pytest.mark.weight(2)
+def test_gradients_flow(maf, randomize, probes):
+    """Training needs gradients: autograd's gradients of a MAF layer's outputs and
+    log-determinants (w.r.t. its parameters and its input) match finite differences"""
+    order = random_order(3, 7)
+    flow = randomize(maf.MAF(3, hidden_features=8, num_hidden=2, order=order).double())
+    x = torch.randn(6, 3, dtype=torch.float64)
+    for direction in ("forward", "inverse"):
+        what = f"MAF(3 features, order={order.tolist()}).{direction}"
+        for output, of in ((0, "the output"), (1, "log|det J|")):
+            method = getattr(flow, direction)
+            expect_gradients(probes, method, flow, (x,), what, of, output)
+
+
+@pytest.mark.parametrize(
+    ("features", "num_hidden"), [(1, 2), (4, 0)], ids=["one variable", "no hidden layer"]
+)
+def test_smallest_sizes(maf, randomize, check, jacobian_tol, features, num_hidden):
+    """MAF works for a single variable (its shift and log-scale are learned constants) and with
+    no hidden layer (MADE is one masked linear map): autoregressive, invertible, right log-det"""
+    order = random_order(features, 5)
+    flow = maf.MAF(features, hidden_features=6, num_hidden=num_hidden, order=order)
+    flow = randomize(flow.double())
+    name = f"MAF({features} feature(s), hidden_features=6, num_hidden={num_hidden})"
+    x = torch.randn(4, features, dtype=torch.float64)
+    allowed = allowed_inputs(order)
+    for what, J in made_jacobians(flow.made, x).items():
+        used = (J.abs() > jacobian_tol).any(dim=0)
+        wrong = (used != allowed).nonzero().tolist()
+        assert not wrong, (
+            f"{name}.made with random weights: the {what} of variable {wrong[0][0]} should "
+            f"{'' if allowed[wrong[0][0], wrong[0][1]] else 'not '}depend on x[{wrong[0][1]}] "
+            f"(order {order.tolist()}); it does{'' if used[wrong[0][0], wrong[0][1]] else ' not'}"
+        )
+    shift, log_scale = made_outputs(flow.made, features)(x).split(features, dim=1)
+    moves = float(shift[:, order[0]].abs().max() + log_scale[:, order[0]].abs().max())
+    assert moves > MOVED, (
+        f"{name}: the first variable in the order depends on nothing, so its shift and "
+        "log-scale are learned constants; with random parameters they should not be 0, "
+        f"got {float(shift[0, order[0]]):.3g} and {float(log_scale[0, order[0]]):.3g}"
+    )
+    check.invertible(flow, x, name)
+    check.log_det_matches_jacobian(flow, x, name)
