@@ -205,10 +205,14 @@ class Session:
 
     def request(self, op: str, args: dict[str, Any], *, label: str) -> Any:
         """Send one request and return the decoded answer (or raise; see the module doc)."""
+        waited = time.monotonic()
         if self._process is None:
             self.launch()
         if self._pending:
             self._await_ready()
+            # A (re)start is the grader's time, not the test's: its clock moves on by as much.
+            if self.deadline is not None:
+                self.deadline += time.monotonic() - waited
         blobs: list[bytes] = []
         try:
             tree = protocol.encode(args, blobs, self._reference)
