@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ def harness_main(job: Job, writer: Any) -> None:
         code = pytest.main(args, plugins=[plugin])
     finally:
         session.close()
+        sys.stdout.flush()  # what pytest said (a collection error, say) reaches the log
+        sys.stderr.flush()
     os._exit(0 if code in (0, 1, 5) else 3)
 
 
