@@ -439,3 +439,18 @@ def test_notebook_kernel_sees_only_its_folder(tmp_path: Path) -> None:
         zip(map(str, secrets), seen["visible"], strict=True)
     )
     assert seen["interfaces"] == ["lo"] and seen["host_port"] is False
+
+
+def test_a_reader_that_stops_reading_cannot_hold_the_harness() -> None:
+    """Requests are written against the test's deadline: a worker that stops reading its
+    channel costs that test (a timeout), not the harness's life."""
+    import time
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        with pytest.raises(protocol.ChannelTimeout):
+            protocol.write_frame(write_end, {"op": "call"}, [bytes(4 << 20)], time.monotonic() + 1)
+    finally:
+        os.close(read_end)
+        os.close(write_end)

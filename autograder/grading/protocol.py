@@ -68,14 +68,30 @@ class ChannelTimeout(ProtocolError):
 # Frames
 
 
-def write_frame(fd: int, header: dict[str, Any], blobs: list[bytes] = ()) -> None:  # type: ignore[assignment]
-    """Send ``header`` (JSON-able) and ``blobs`` as one frame on ``fd``."""
+def write_frame(
+    fd: int,
+    header: dict[str, Any],
+    blobs: list[bytes] = (),  # type: ignore[assignment]
+    deadline: float | None = None,
+) -> None:
+    """Send ``header`` (JSON-able) and ``blobs`` as one frame on ``fd``.
+
+    With a ``deadline`` (``time.monotonic()``), ``fd`` must be non-blocking: a reader that
+    stops reading cannot hold the writer past it (:class:`ChannelTimeout`).
+    """
     header = dict(header, blobs=[len(b) for b in blobs])
     text = json.dumps(header, allow_nan=True, separators=(",", ":")).encode()
     data = b"".join([_LENGTH.pack(len(text)), text, *blobs])
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
+                raise ChannelTimeout("the other end stopped reading")
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            continue
 
 
 def read_frame(fd: int, deadline: float | None = None) -> tuple[dict[str, Any], list[bytes]]:

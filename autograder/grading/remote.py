@@ -142,6 +142,7 @@ class Session:
         finally:
             for fd in (requests_r, replies_w, log_w):
                 os.close(fd)
+        os.set_blocking(requests_w, False)  # writes honour the test's deadline
         self._spec, self._fds = spec, (replies_r, requests_w)
         self.generation += 1
         self._pending = True
@@ -223,7 +224,8 @@ class Session:
         replies, requests = self._fds  # type: ignore[misc]
         deadline = self.deadline or (time.monotonic() + self.limits.test_timeout_s)
         try:
-            protocol.write_frame(requests, {"id": ident, "op": op, "args": tree}, blobs)
+            frame = {"id": ident, "op": op, "args": tree}
+            protocol.write_frame(requests, frame, blobs, deadline)
             header, reply_blobs = protocol.read_frame(replies, deadline)
             if header.get("id") != ident:
                 raise protocol.ProtocolError("an answer to a question that was not asked")
