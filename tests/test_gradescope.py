@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -165,14 +166,23 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.fixture
+def gradescope_root(tmp_path: Path) -> Iterator[Path]:
+    """A fake ``/autograder``; its venv (~5 GB: torch with its CUDA libraries here) is removed
+    afterwards, not left for pytest's retention of the last three runs."""
+    root = tmp_path / "autograder"
+    yield root
+    shutil.rmtree(root / "venv", ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_setup_then_run_autograder_gives_the_reference_full_marks(
-    assignment: Assignment, autograder_zip: Path, tmp_path: Path
+    assignment: Assignment, autograder_zip: Path, gradescope_root: Path
 ) -> None:
     python310 = _python310()
     if python310 is None:
         pytest.skip("no Python 3.10 here (Gradescope's version): looked in $(pyenv root)/versions")
-    root = tmp_path / "autograder"
+    root = gradescope_root
     source = _unpack(autograder_zip, root)
     env = _clean_env(
         AUTOGRADER_ROOT=str(root),
