@@ -231,11 +231,26 @@ def test_log_prob_gradients_flow(change_of_variables, given, probes):
     parameters and the points) matches finite differences, for a course flow and for Affine"""
     x = torch.randn(6, 2, dtype=torch.float64)
     base = given.standard_normal(2, dtype=torch.float64)
-    for name, flow in (
-        ("x = 1.5 z + 0.3", probes.ScaleShift(1.5, 0.3)),
-        ("Affine", affine(change_of_variables, MATRICES["det < 0 [[1, 2], [3, 1]]"], SHIFT)),
+    A = torch.tensor(MATRICES["det < 0 [[1, 2], [3, 1]]"], dtype=torch.float64)
+    b = torch.tensor(SHIFT, dtype=torch.float64)
+    for name, flow, density in (
+        (
+            "x = 1.5 z + 0.3",
+            probes.ScaleShift(1.5, 0.3),
+            normal_log_prob((x - 0.3) / 1.5) - 2 * math.log(1.5),
+        ),
+        (
+            "Affine",
+            affine(change_of_variables, A.tolist(), SHIFT),
+            MultivariateNormal(b, A @ A.T).log_prob(x),
+        ),
     ):
         what = f"log_prob for {name}, z ~ N(0, I)"
+        # Only a right density earns this test: the gradient of a wrong one says nothing.
+        got = log_prob_of(change_of_variables, flow, base, x)
+        assert torch.allclose(got, density, atol=1e-8), (
+            f"{what} should be {fmt(density)}, got {fmt(got)}"
+        )
         expect_gradients(
             probes, change_of_variables.log_prob, flow, (flow, base, x), what, "log p_X(x)"
         )
@@ -246,6 +261,17 @@ def test_affine_gradients_flow(change_of_variables, probes, matrix):
     name, A = matrix
     flow = affine(change_of_variables, A.tolist(), SHIFT)
     x = torch.randn(5, 2, dtype=torch.float64)
+    # Only a right Affine earns this test: the identity passes gradients correctly too.
+    out, log_det = expect_pair(flow(x), "Affine.forward", 5, 2)
+    expected = x @ A.T + torch.tensor(SHIFT, dtype=torch.float64)
+    log_det_A = float(torch.linalg.slogdet(A).logabsdet)
+    assert torch.allclose(out.double(), expected, atol=1e-10) and torch.allclose(
+        log_det.double(), torch.full((5,), log_det_A, dtype=torch.float64), atol=1e-8
+    ), (
+        f"Affine with A = {name}: forward(z) should be (A z + b, log|det A| = {log_det_A:.4f}); "
+        f"for z = {fmt(x[0])} expected {fmt(expected[0])}, got {fmt(out[0])} and "
+        f"{float(log_det[0]):.4f}"
+    )
     for direction in ("forward", "inverse"):
         what = f"Affine with A = {name}, {direction}"
         for output, of in ((0, "the output"), (1, "log|det J|")):

@@ -201,6 +201,7 @@ def test_gradients_flow(coupling, randomize, probes):
         mask = torch.tensor([0, 1, 1, 0], dtype=torch.float64)
         flow = randomize(getattr(coupling, kind)(mask, hidden_features=8, num_hidden=2).double())
         x = torch.randn(6, 4, dtype=torch.float64)
+        expect_coupled(flow, f"{kind}(mask=[0, 1, 1, 0])", mask, x)
         for direction in ("forward", "inverse"):
             what = f"{kind}(mask=[0, 1, 1, 0]).{direction}"
             for output, of in ((0, "the output"), (1, "log|det J|")):
@@ -209,7 +210,7 @@ def test_gradients_flow(coupling, randomize, probes):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_fresh_layer_is_finite(coupling, kind):
+def test_fresh_layer_is_finite(coupling, randomize, kind):
     """A freshly built coupling layer (whatever its initial parameters) maps finite points to
     finite points with finite log-determinants, both ways"""
     mask = torch.tensor([1, 0, 1], dtype=torch.float64)
@@ -224,3 +225,5 @@ def test_fresh_layer_is_finite(coupling, kind):
             f"{bad} inf/nan value(s), e.g. output {out[0].tolist()}, log|det J| "
             f"{float(log_det[0])} for sample 0"
         )
+    # Only a coupling layer earns this test: the identity is finite too.
+    expect_coupled(randomize(flow), f"{kind}(mask=[1, 0, 1])", mask, x)

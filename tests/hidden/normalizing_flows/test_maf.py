@@ -307,6 +307,7 @@ def test_gradients_flow(maf, randomize, probes):
     order = random_order(3, 7)
     flow = randomize(maf.MAF(3, hidden_features=8, num_hidden=2, order=order).double())
     x = torch.randn(6, 3, dtype=torch.float64)
+    expect_autoregressive(flow, f"MAF(3 features, order={order.tolist()})", order, x)
     for direction in ("forward", "inverse"):
         what = f"MAF(3 features, order={order.tolist()}).{direction}"
         for output, of in ((0, "the output"), (1, "log|det J|")):
@@ -340,6 +341,14 @@ def test_smallest_sizes(maf, randomize, check, jacobian_tol, features, num_hidde
         f"{name}: the first variable in the order depends on nothing, so its shift and "
         "log-scale are learned constants; with random parameters they should not be 0, "
         f"got {float(shift[0, order[0]]):.3g} and {float(log_scale[0, order[0]]):.3g}"
+    )
+    z, log_det = expect_pair(flow.inverse(x), f"{name}.inverse", *x.shape)
+    expected = (x - shift) * torch.exp(-log_scale)
+    assert max_error(z, expected) < 1e-8 and max_error(log_det, -log_scale.sum(-1)) < 1e-8, (
+        f"{name}.inverse(x) should be (x - shift) * exp(-log_scale) with log-det "
+        f"-sum(log_scale), (shift, log_scale) = made(x); sample 0: expected "
+        f"{expected[0].tolist()} and {float(-log_scale[0].sum()):.6f}, got {z[0].tolist()} and "
+        f"{float(log_det[0]):.6f}"
     )
     check.invertible(flow, x, name)
     check.log_det_matches_jacobian(flow, x, name)
