@@ -14,6 +14,7 @@ import shutil
 import socket
 import struct
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -454,3 +455,41 @@ def test_a_reader_that_stops_reading_cannot_hold_the_harness() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+USER_PEEK = """
+import os, resource, socket
+def look(paths):
+    readable = []
+    for path in paths:
+        try:
+            os.listdir(path)
+            readable.append(path)
+        except OSError:
+            pass
+    names = sorted(name for _, name in socket.if_nameindex())
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    return [os.getuid(), os.getgroups(), readable, names, nproc]
+"""
+
+
+def test_user_backend_from_inside(assignment, tmp_path: Path) -> None:
+    """The fallback backend, where this host allows it (root, the course closed to others, the
+    Python install open): a dedicated uid without groups, no course files, no network."""
+    backend = sandbox.UserBackend()
+    problem = backend.unavailable()
+    if problem:
+        pytest.skip(f"the user backend is not available here: {problem}")
+    workspace = tmp_path / "workspace"
+    shutil.copytree(assignment.solution_dir / PACKAGE, workspace / PACKAGE)
+    (workspace / PACKAGE / "peek.py").write_text(USER_PEEK)
+    base = Path(tempfile.mkdtemp(prefix="user-backend-"))  # pytest's tmp_path is closed to others
+    session = Session(backend, workspace, base, LIMITS)
+    try:
+        secret = [str(REPO / "tests" / "hidden"), str(REPO / "solutions")]
+        uid, groups, readable, interfaces, nproc = session.module("peek").look(secret)
+    finally:
+        session.close()
+        shutil.rmtree(base, ignore_errors=True)
+    assert uid == sandbox.BASE_UID and groups == [] and readable == []
+    assert interfaces == ["lo"] and nproc == LIMITS.max_processes

@@ -91,6 +91,7 @@ class Session:
         self.backend, self.workspace, self.limits = backend, Path(workspace), limits
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o711)  # a sandbox user may pass through to its folders, not list
         self.threads, self.slot, self.gpu = threads, slot, gpu
         self.flags: list[str] = list(backend.flags)
         self.deadline: float | None = None  # time.monotonic() by which the running test ends

@@ -18,6 +18,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+from autograder.errors import AutograderError
 from autograder.grading.sandbox.base import Backend, WorkerSpec, python_roots
 from autograder.grading.sandbox.limits import kill_session, preexec
 
@@ -40,6 +41,11 @@ class UserBackend(Backend):
         return None
 
     def start(self, spec: WorkerSpec) -> subprocess.Popen:
+        if not _reachable_by_others(spec.runtime):
+            raise AutograderError(
+                f"{spec.runtime}: the sandbox user cannot reach its folder (a folder above it "
+                "is closed to other users; set TMPDIR to a folder with mode 711 or 1777)"
+            )
         uid = BASE_UID + spec.slot
         _own(spec.scratch, uid)
         env = {
