@@ -285,7 +285,7 @@ def moved_parameters_call(
         with torch.no_grad():
             for p, d in zip(parameters, direction.split(sizes), strict=True):
                 p.add_(step * d.reshape(p.shape).to(dtype=p.dtype, device=p.device))
-            return fn(*args)
+        return fn(*args)  # with autograd on, as in training (a layer may rely on it)
     finally:
         with torch.no_grad():
             for p, s in zip(parameters, saved, strict=True):
