@@ -7,8 +7,8 @@ Every grader run is the real command line (``python -m autograder grade ...``) i
   the reference and of the demo mutants) with ``--jobs 1`` and ``--jobs 2``;
 - the grader's overhead per submission: its ``grading.json`` wall time minus the sum of the test
   bodies' durations it recorded (median over the submissions of a run);
-- peers: the hidden suite run by plain ``pytest`` in one process (no isolation: the floor of any
-  grader), and nbgrader's ``autograde`` on a notebook of the same checks (:mod:`nbgrader_peer`),
+- peers: the hidden suite run by plain ``pytest`` (one harness process and the sandboxed worker
+  it starts itself: no supervisor, no reports), and nbgrader's ``autograde`` on a notebook of the same checks (:mod:`nbgrader_peer`),
   both against the solution folder (the reference copies hold only the student files, as a
   submission does; the grader adds the given ones, the peers need them in place). The grader
   gets a reference copy, not the solution folder, whose notebook would add nbgrader's own stage.
@@ -102,7 +102,7 @@ def grade(paths: list[Path], jobs: int) -> GradeRun:
 def plain_pytest(submission: Path) -> tuple[float, str]:
     """``(seconds, problem)`` of the hidden suite in one plain pytest process; ``problem`` is
     pytest's last line when it did not pass, else empty."""
-    command = [sys.executable, "-m", "pytest", str(HIDDEN), "--submission", str(submission)]
+    command = [sys.executable, "-m", "pytest", str(HIDDEN), f"--submission={submission}"]
     start = time.perf_counter()
     done = subprocess.run(
         [*command, "-q", "-p", "no:cacheprovider", "--assert=plain"],

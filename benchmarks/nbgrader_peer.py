@@ -3,7 +3,7 @@
 A throw-away nbgrader course (in a temporary folder) holds one assignment, ``checks``, whose
 notebook has one setup cell and, per part, one autograded test cell worth that part's points:
 
-    check("coupling")   # pytest.main([tests/hidden/.../test_coupling.py, --submission DIR])
+    check("coupling")   # pytest.main([tests/hidden/.../test_coupling.py, --submission=DIR])
 
 so nbgrader runs the hidden suite itself, part by part, in one Jupyter kernel, against the same
 submission folder the grader gets. What is timed is ``nbgrader autograde checks --student s``:
@@ -33,7 +33,7 @@ SUBMISSION = {submission!r}
 
 
 def check(part):
-    args = [f"{{HIDDEN}}/test_{{part}}.py", "--submission", SUBMISSION, "-q",
+    args = [f"{{HIDDEN}}/test_{{part}}.py", f"--submission={{SUBMISSION}}", "-q",
             "-p", "no:cacheprovider", "--assert=plain"]
     assert pytest.main(args) == 0, f"the hidden checks of {{part}} failed"
 """
