@@ -8,7 +8,8 @@ Every grader run is the real command line (``python -m autograder grade ...``) i
 - the grader's overhead per submission: its ``grading.json`` wall time minus the sum of the test
   bodies' durations it recorded (median over the submissions of a run);
 - peers: the hidden suite run by plain ``pytest`` (one harness process and the sandboxed worker
-  it starts itself: no supervisor, no reports), and nbgrader's ``autograde`` on a notebook of the same checks (:mod:`nbgrader_peer`),
+  it starts itself: no supervisor, no reports), and nbgrader's ``autograde`` on a notebook of
+  the same checks (:mod:`nbgrader_peer`),
   both against the solution folder (the reference copies hold only the student files, as a
   submission does; the grader adds the given ones, the peers need them in place). The grader
   gets a reference copy, not the solution folder, whose notebook would add nbgrader's own stage.
