@@ -26,15 +26,17 @@ def test_demo_passes_and_prints_the_table(autograder_cli: CliRunner, tmp_path: P
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("submission"))
     assert all(part in header for part in assignment.parts) and "total" in header
-    total = sum(assignment.parts.values())
+    modules = sum(assignment.parts.values())
+    # The demo's submissions carry no notebook: its points count in the maximum, earned 0.
+    maximum = modules + (assignment.notebook.points if assignment.notebook else 0)
     rows = {
         line.split()[0]: line
         for line in lines
         if line.split() and line.split()[0] in demo_examples(assignment)
     }
     assert set(rows) == set(demo_examples(assignment))
-    assert f"{total:g}/{total:g}" in rows["reference"]
-    assert f"0/{total:g}" in rows["stubs"]
+    assert f"{modules:g}/{maximum:g}" in rows["reference"]
+    assert f"0/{maximum:g}" in rows["stubs"]
     for name in demo_examples(assignment)[2:]:  # each mutant loses something
-        assert f"{total:g}/{total:g}" not in rows[name], rows[name]
+        assert f"{modules:g}/{maximum:g}" not in rows[name], rows[name]
     assert (tmp_path / "grading-out" / "demo" / "reference" / "feedback.html").is_file()

@@ -10,6 +10,7 @@ end to end (``slow``: the hidden suites plus the notebook's autograde, ~1-2 min)
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -367,4 +368,5 @@ def assert_formgrader_works(assignment: Assignment, folder: Path, students: list
     for student in students:
         html = folder / "feedback" / student / assignment.name / name.replace(".ipynb", ".html")
         text = html.read_text(encoding="utf-8")
-        assert student in text and "Score" in text, html
+        total = f"{assignment.notebook.points:.1f}"
+        assert re.search(rf"Score: \d+(\.\d+)? / {re.escape(total)}\)", text), html
