@@ -8,6 +8,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,33 @@ class Backend:
         from autograder.grading.sandbox.limits import kill_session
 
         kill_session(process)
+
+    def start_directly(
+        self, spec: WorkerSpec, then: Callable[[], None] | None = None
+    ) -> subprocess.Popen:
+        """The worker as a child of this process (no mount namespace), in its own session,
+        with the limits applied and ``then`` run between fork and exec (e.g. dropping to a uid)."""
+        from autograder.grading.sandbox.limits import preexec
+
+        env = {
+            "HOME": str(spec.scratch),
+            "TMPDIR": str(spec.scratch / "tmp"),
+            "MPLCONFIGDIR": str(spec.scratch / "tmp"),
+            "PATH": "/usr/bin:/bin",
+            "AUTOGRADER_SANDBOX": self.name,
+            **spec.env,
+        }
+        return subprocess.Popen(
+            self.worker_argv(spec, str(spec.runtime), str(spec.submission)),
+            cwd=spec.scratch,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=spec.log,
+            stderr=spec.log,
+            pass_fds=(spec.requests, spec.replies),
+            start_new_session=True,
+            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=then),
+        )
 
     def worker_argv(self, spec: WorkerSpec, runtime: str, submission: str) -> list[str]:
         return [

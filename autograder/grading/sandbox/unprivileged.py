@@ -20,7 +20,7 @@ from pathlib import Path
 
 from autograder.errors import AutograderError
 from autograder.grading.sandbox.base import Backend, WorkerSpec, python_roots
-from autograder.grading.sandbox.limits import kill_session, preexec
+from autograder.grading.sandbox.limits import kill_session
 
 BASE_UID = 64000  # uids 64000.. are free on Debian/Ubuntu (reserved for local use)
 CLONE_NEWNET = 0x40000000
@@ -48,14 +48,6 @@ class UserBackend(Backend):
             )
         uid = BASE_UID + spec.slot
         _own(spec.scratch, uid)
-        env = {
-            "HOME": str(spec.scratch),
-            "TMPDIR": str(spec.scratch / "tmp"),
-            "MPLCONFIGDIR": str(spec.scratch / "tmp"),
-            "PATH": "/usr/bin:/bin",
-            "AUTOGRADER_SANDBOX": self.name,
-            **spec.env,
-        }
         self.kill_user(uid)  # nothing of an earlier submission in this slot survives
 
         def drop() -> None:
@@ -65,17 +57,7 @@ class UserBackend(Backend):
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
 
-        process = subprocess.Popen(
-            self.worker_argv(spec, str(spec.runtime), str(spec.submission)),
-            cwd=spec.scratch,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=spec.log,
-            stderr=spec.log,
-            pass_fds=(spec.requests, spec.replies),
-            start_new_session=True,
-            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=drop),
-        )
+        process = self.start_directly(spec, then=drop)
         process.uid = uid  # type: ignore[attr-defined]
         return process
 

@@ -7,11 +7,9 @@ user can. Every result is flagged ``no-sandbox``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 from autograder.grading.sandbox.base import Backend, WorkerSpec
-from autograder.grading.sandbox.limits import preexec
 
 
 class NoSandbox(Backend):
@@ -22,22 +20,4 @@ class NoSandbox(Backend):
         return None
 
     def start(self, spec: WorkerSpec) -> subprocess.Popen:
-        env = {
-            "HOME": str(spec.scratch),
-            "TMPDIR": str(spec.scratch / "tmp"),
-            "MPLCONFIGDIR": str(spec.scratch / "tmp"),
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "AUTOGRADER_SANDBOX": self.name,
-            **spec.env,
-        }
-        return subprocess.Popen(
-            self.worker_argv(spec, str(spec.runtime), str(spec.submission)),
-            cwd=spec.scratch,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=spec.log,
-            stderr=spec.log,
-            pass_fds=(spec.requests, spec.replies),
-            start_new_session=True,
-            preexec_fn=preexec(spec.limits, gpu=spec.gpu),
-        )
+        return self.start_directly(spec)
