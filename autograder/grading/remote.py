@@ -187,13 +187,7 @@ class Session:
     def log_tail(self, limit: int = MAX_LOG_KEPT) -> str:
         if self._drain is not None:
             self._drain.join(timeout=1)
-        try:
-            with open(self.log_path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - limit))
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_tail(self.log_path, limit)
 
     def flag(self, text: str) -> None:
         if text not in self.flags:
@@ -295,6 +289,17 @@ class Session:
 
     def _handle(self, ident: int, path: tuple, name: str) -> Handle:
         return Handle(self, ident, path, name, self.generation)
+
+
+def read_tail(path: Path, limit: int) -> str:
+    """The last ``limit`` bytes of a log file, decoded ("" when there is none); never the whole."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 class OutputDrain(threading.Thread):

@@ -36,6 +36,7 @@ from autograder.config import Assignment, Limits
 from autograder.errors import AutograderError
 from autograder.grading import harness, sandbox
 from autograder.grading.models import Artifact, SuiteRun, TestOutcome
+from autograder.grading.remote import read_tail
 
 # torch._dynamo rebinds torch.manual_seed & co. when first imported (lazily, by optimizers):
 # import it up front so that it happens before the snapshot, not during a test. pytest imports
@@ -262,10 +263,7 @@ def _nothing() -> None:
 
 
 def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-MAX_LOG:]
-    except OSError:
-        return ""
+    return read_tail(path, MAX_LOG)
 
 
 def _kill(process: multiprocessing.process.BaseProcess) -> None:
@@ -325,8 +323,7 @@ class _Grading:
             exitcode = process.exitcode
             children.forget(process)
             process.close()
-            if isinstance(self.job.backend, sandbox.UserBackend):
-                self.job.backend.kill_user(sandbox.BASE_UID + self.job.slot)
+            self.job.backend.reap(self.job.slot)
         if children.closed:
             raise AutograderError("grading stopped: the supervisor was closed")
         if not self.started:

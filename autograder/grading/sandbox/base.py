@@ -86,6 +86,12 @@ class Backend:
             preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=then),
         )
 
+    def reap(self, slot: int) -> None:
+        """After a harness died or was killed: end what its worker in ``slot`` may have left.
+
+        Nothing to do where the worker dies with its parent (namespaces, a parent-death signal).
+        """
+
     def worker_argv(self, spec: WorkerSpec, runtime: str, submission: str) -> list[str]:
         return [
             sys.executable,

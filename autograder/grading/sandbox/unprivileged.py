@@ -65,6 +65,9 @@ class UserBackend(Backend):
         kill_session(process)
         self.kill_user(getattr(process, "uid", BASE_UID + spec.slot))
 
+    def reap(self, slot: int) -> None:
+        self.kill_user(BASE_UID + slot)  # processes of a dedicated uid outlive a new session
+
     @staticmethod
     def kill_user(uid: int) -> None:
         """SIGKILL every process of ``uid`` (from a child that becomes that user)."""
