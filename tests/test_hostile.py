@@ -39,6 +39,7 @@ from autograder.grading import sandbox
 from autograder.grading.batch import grade_batch
 from autograder.grading.extensions import Extensions
 from autograder.grading.models import SuiteRun
+from autograder.grading.sandbox.limits import PidsCgroup
 from autograder.grading.scoring import score
 from autograder.grading.supervisor import Supervisor
 from tests.conftest import REPO
@@ -130,6 +131,24 @@ def _detach(how):
             _os._exit(0)
 for _how in ("fork", "syscall", "posix_spawn"):
     _detach(_how)
+"""
+
+FORK_BOMB = f"""
+import os as _os, sys as _sys
+def _bomb():
+    for _ in range(5000):  # a fork bomb: each child becomes a sleeper in a session of its own
+        try:
+            pid = _os.fork()
+        except OSError:  # the process cap: what must stop it
+            return
+        if pid == 0:
+            try:
+                _os.setsid()
+                _os.execv(_sys.executable, [_sys.executable, "-c", "import time; time.sleep(600)",
+                                            {MARK!r} + "-bomb"])
+            finally:
+                _os._exit(0)
+_bomb()
 """
 
 REACH_COURSE = f"""
@@ -372,6 +391,14 @@ def attacks(port: int, out: Path) -> dict[str, Attack]:
         "walks_caller_frames": Attack("composition.py", FRAME_WALK, composition),
         "compiles_under_made_up_names": Attack("composition.py", COMPILED_STRINGS, composition),
         "detached_processes": Attack("composition.py", SPAWN, composition),
+        "fork_bomb": Attack(
+            "composition.py",
+            FORK_BOMB,
+            composition,
+            # Flagged where the grader can cap processes with a cgroup (root here); elsewhere
+            # RLIMIT_NPROC stops it silently.
+            flags=("process limit reached",) if _pids_cgroup_here() else (),
+        ),
         "lying_tensor": Attack(
             "change_of_variables.py", LYING_TENSOR, ("change_of_variables",), COV_ZERO_LOG_PROB
         ),
@@ -417,6 +444,14 @@ def fingerprint(*roots: Path) -> dict[str, str]:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 found[str(path)] = f"{path.stat().st_mtime_ns}:{digest}"
     return found
+
+
+def _pids_cgroup_here() -> bool:
+    cgroup = PidsCgroup(8)
+    try:
+        return cgroup.path is not None
+    finally:
+        cgroup.kill_all()
 
 
 def processes_with(marker: str) -> list[str]:

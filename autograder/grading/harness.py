@@ -186,6 +186,7 @@ class HarnessPlugin:
             self._send_flags()
 
     def _send_flags(self) -> None:
+        self.session.check_limits()
         for text in self.session.flags[self.flags_sent :]:
             self.send("flag", text=text)
         self.flags_sent = len(self.session.flags)

@@ -189,6 +189,12 @@ class Session:
             self._drain.join(timeout=1)
         return read_tail(self.log_path, limit)
 
+    def check_limits(self) -> None:
+        """Flag the limits the worker ran into (those the OS enforces silently, e.g. processes)."""
+        if self._process is not None:
+            for text in self.backend.limits_hit(self._process):
+                self.flag(text)
+
     def flag(self, text: str) -> None:
         if text not in self.flags:
             self.flags.append(text[:300])

@@ -86,6 +86,10 @@ class Backend:
             preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=then),
         )
 
+    def limits_hit(self, process: subprocess.Popen) -> list[str]:
+        """Flags for limits the running worker ran into that it could not report itself."""
+        return []
+
     def reap(self, slot: int) -> None:
         """After a harness died or was killed: end what its worker in ``slot`` may have left.
 

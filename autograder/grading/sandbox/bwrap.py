@@ -125,6 +125,12 @@ class BubblewrapBackend(Backend):
         process.cgroup = cgroup  # type: ignore[attr-defined]
         return process
 
+    def limits_hit(self, process: subprocess.Popen) -> list[str]:
+        cgroup = getattr(process, "cgroup", None)
+        if cgroup is None or not cgroup.refusals():
+            return []
+        return [f"process limit reached ({cgroup.max_pids} processes and threads)"]
+
     def kill(self, process: subprocess.Popen, spec: WorkerSpec) -> None:
         kill_session(process)
         cgroup = getattr(process, "cgroup", None)

@@ -83,6 +83,7 @@ class PidsCgroup:
     """
 
     def __init__(self, max_pids: int) -> None:
+        self.max_pids = max_pids
         self.path: Path | None = None
         if os.geteuid() != 0:
             return
@@ -104,6 +105,16 @@ class PidsCgroup:
         if self.path is not None:
             with open(self.path / "cgroup.procs", "w") as handle:
                 handle.write(str(os.getpid()))
+
+    def refusals(self) -> int:
+        """How many times a fork or thread was refused for ``pids.max`` (0 without a cgroup)."""
+        if self.path is None:
+            return 0
+        try:
+            fields = (self.path / "pids.events").read_text().split()
+        except OSError:
+            return 0
+        return int(fields[1]) if len(fields) >= 2 and fields[0] == "max" else 0
 
     def kill_all(self) -> None:
         """SIGKILL every process still in the cgroup, then remove it."""
