@@ -34,7 +34,8 @@ class Recorder:
     ``stop``: ``{"after": n, "window": w, "above": b}`` stops training (raises
     :class:`StopTraining`) once ``n`` steps are in and the mean of the last ``w`` losses is
     above ``b`` (or below ``"below"``, if given, or not a number); the harness sets the bounds
-    far outside what every correct ``train`` reaches.
+    far outside what every correct ``train`` reaches. ``"statistic": "median"`` judges the
+    window's median instead: a correct run's one-step loss spikes move a mean, not a median.
     """
 
     def __init__(self, stop: dict[str, Any] | None) -> None:
@@ -49,14 +50,24 @@ class Recorder:
         rule = self.stop
         if rule and len(self.losses) >= rule["after"]:
             recent = self.losses[-rule["window"] :]
-            mean = sum(recent) / len(recent)
+            statistic = rule.get("statistic", "mean")
+            value = _median(recent) if statistic == "median" else sum(recent) / len(recent)
             low, high = rule.get("below", -float("inf")), rule.get("above", float("inf"))
-            if not low <= mean <= high:  # NaN too
+            if not low <= value <= high:  # NaN too
                 self.stopped = True
                 raise StopTraining(
-                    f"stopped at step {len(self.losses)}: the mean loss of the last "
-                    f"{len(recent)} steps is {sum(recent) / len(recent):.3f}"
+                    f"stopped at step {len(self.losses)}: the {statistic} loss of the last "
+                    f"{len(recent)} steps is {value:.3f}"
                 )
+
+
+def _median(values: list[float]) -> float:
+    """The median of ``values``; NaN when any is NaN (a NaN loss must stop the run)."""
+    if any(v != v for v in values):
+        return float("nan")
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class Worker:
