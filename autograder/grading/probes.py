@@ -167,25 +167,45 @@ def call_on_own_device(flow: Flow, direction: str, x: Tensor) -> tuple[Tensor, T
 
 
 def made_passes(flow: torch.nn.Module, direction: str, x: Tensor) -> tuple[object, int]:
-    """``flow.<direction>(x)`` and how many forward calls its ``MADE`` submodules made.
+    """``flow.<direction>(x)`` and how many MADE evaluations it made (``-1``: it has no MADE).
 
-    MAF's density is one MADE pass and its sampling ``features`` passes; a forward hook on
-    every submodule that is a ``flows.maf.MADE`` counts them where the layer runs.
+    MAF's density is one MADE pass and its sampling ``features`` passes. The count is taken at
+    the class: for the call, the ``forward`` of every ``flows.maf.MADE`` class in the flow (and
+    of its subclasses' own ``forward``) is wrapped, so ``made(x)``, ``made.forward(x)`` and
+    ``MADE.forward(made, x)`` all count, and a ``forward`` that calls ``super().forward`` counts
+    once (only the outermost call is a pass). Module hooks would miss ``made.forward(x)``.
     """
     from flows.maf import MADE
 
-    calls = [0]
+    mades = [module for module in flow.modules() if isinstance(module, MADE)]
+    classes = {
+        cls
+        for made in [MADE, *mades]
+        for cls in (made.__mro__ if made is MADE else type(made).__mro__)
+        if issubclass(cls, MADE) and "forward" in vars(cls)
+    }
+    calls, depth = [0], [0]
 
-    def count(*_: object) -> None:
-        calls[0] += 1
+    def counting(original: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+            calls[0] += depth[0] == 0
+            depth[0] += 1
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
 
-    hooks = [m.register_forward_hook(count) for m in flow.modules() if isinstance(m, MADE)]
+        return forward
+
+    originals = {cls: vars(cls)["forward"] for cls in classes}
     try:
+        for cls, original in originals.items():
+            cls.forward = counting(original)
         out = getattr(flow, direction)(x)
     finally:
-        for hook in hooks:
-            hook.remove()
-    return out, calls[0] if hooks else -1
+        for cls, original in originals.items():
+            cls.forward = original
+    return out, calls[0] if mades else -1
 
 
 def gradients(loss_fn: Callable[..., Tensor], module: torch.nn.Module, *args: Any) -> Any:
