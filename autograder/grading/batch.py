@@ -30,13 +30,11 @@ the batch goes on.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from functools import partial, update_wrapper
@@ -58,6 +56,8 @@ from autograder.grading.extensions import (
     StageContext,
 )
 from autograder.grading.models import SuiteRun, TestOutcome
+from autograder.grading.names import output_names, reserved_names
+from autograder.grading.names import raw_name as submission_name
 from autograder.grading.notebook_stage import notebook_fingerprint, notebook_stage
 from autograder.grading.plots import draw_pictures
 from autograder.grading.reports import (
@@ -109,11 +109,6 @@ def default_extensions(course: Course, assignment: Assignment, db_url: str | Non
     return extensions
 
 
-def submission_name(submission: Path) -> str:
-    """``<name>``: the folder name, or the stem of a ``.zip``."""
-    return submission.stem if submission.suffix.lower() == ".zip" else submission.name
-
-
 def grade_batch(
     course: Course,
     assignment: Assignment,
@@ -138,8 +133,7 @@ def grade_batch(
     if unknown:
         known = ", ".join(part_points(assignment))
         raise AutograderError(f"unknown part {unknown[0]!r} for {assignment.name} (known: {known})")
-    names = _unique_names(submissions)
-    _check_exist(names.values())
+    names = output_names(submissions, reserved_names(db_url))
     if extensions is None:
         extensions = default_extensions(course, assignment, db_url)
     grader = _BatchGrader(course, assignment, out, parts, extensions)
@@ -172,26 +166,6 @@ def grade_batch(
     ordered = [results[name] for name in names]
     print(format_table(assignment, [g.row for g in ordered], resumed=_resumed(ordered)))
     return ordered
-
-
-def _unique_names(submissions: Iterable[Path]) -> dict[str, Path]:
-    names: dict[str, Path] = {}
-    for path in submissions:
-        name = submission_name(Path(path))
-        if name in names:
-            raise AutograderError(
-                f"{path}: two submissions are named {name!r} (the other is {names[name]}); "
-                "their outputs would overwrite each other"
-            )
-        names[name] = Path(path)
-    return names
-
-
-def _check_exist(submissions: Iterable[Path]) -> None:
-    """A mistyped path is the operator's error, said before anything is graded."""
-    for path in submissions:
-        if not os.path.lexists(path):
-            raise AutograderError(f"{path}: no such submission (not a file or folder)")
 
 
 def _resumed(graded: list[GradedSubmission]) -> set[str]:
@@ -245,10 +219,34 @@ class _BatchGrader:
             raise _Abandoned(name)
         if not graded.resumed:
             graded.report = replace(graded.report, wall_time_s=time.monotonic() - started)
-            self._store(graded)
+            graded = self._store_or_fail(graded)
         for sink in self.extensions.sinks:
-            sink(graded)
+            try:
+                sink(graded)
+            except Exception as exc:  # e.g. the gradebook: this submission's failure, retried
+                flag = f"grader error: {getattr(sink, '__name__', type(sink).__name__)}: {exc!r}"
+                tqdm.write(f"autograder: {name}: {flag}")
+                graded.run.flags.append(flag)
+                report = replace(graded.report, flags=[*graded.report.flags, flag])
+                graded = self._store_or_fail(replace(graded, report=report, key=None))
         return graded
+
+    def _store_or_fail(self, graded: GradedSubmission) -> GradedSubmission:
+        """Store ``graded``; a write that fails (a full disk, say) fails this submission only."""
+        try:
+            self._store(graded)
+            return graded
+        except Exception as exc:
+            tqdm.write(f"autograder: writing {graded.name} failed:\n{traceback.format_exc()}")
+            error = f"could not write the results: {exc!r}"
+            failed = self._failed(
+                graded.name, graded.submission, graded.out_dir, error, "grader error"
+            )
+            try:
+                self._store(failed)
+            except Exception:  # its folder is unwritable: at least its row in grades.csv
+                self._add_row(failed)
+            return failed
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -374,6 +372,9 @@ class _BatchGrader:
                 "run": graded.run.to_json(),
             },
         )
+        self._add_row(graded)
+
+    def _add_row(self, graded: GradedSubmission) -> None:
         with self._csv_lock:
             if self._rows is None:
                 stored = ((d.name, read_grading(d)) for d in sorted(self.out.iterdir()))

@@ -61,7 +61,8 @@ class GradedSubmission:
 
     @property
     def row(self) -> dict[str, Any]:
-        return grades_row(self.report, self.key)
+        # The raw submission beside its (sanitised) output name, to map names back.
+        return {**grades_row(self.report, self.key), "submission": str(self.submission)}
 
 
 ExtraStage = Callable[[StageContext], list[TestOutcome]]

@@ -130,6 +130,7 @@ def grades_row(report: SubmissionReport, key: str | None) -> dict[str, Any]:
 def write_grades_csv(path: Path, assignment: Assignment, rows: list[dict[str, Any]]) -> Path:
     """Write ``rows`` (from :func:`grades_row`) sorted by name, one column per part."""
     columns = ["name", "total", "max", *part_points(assignment), "flags", "wall_time_s", "key"]
+    columns.append("submission")  # the raw path a (sanitised) name came from
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
