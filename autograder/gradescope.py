@@ -97,24 +97,88 @@ RUN_AUTOGRADER = """\
 # Gradescope runs this per submission; AUTOGRADER_ROOT moves /autograder (for tests).
 set -uo pipefail
 ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
+RESULTS="$ROOT/results/results.json"
+mkdir -p "$ROOT/results"
+fallback() {{  # a valid result that says what happened, for whenever the grader leaves none
+    cat > "$RESULTS" <<EOF
+{{"score": 0, "tests": [], "extra_data": {{"flags": ["grader error: $1"]}},
+ "output": "The autograder did not finish: $2 Please tell the course staff."}}
+EOF
+}}
+oom_kills() {{  # OOM kills so far in this container's memory cgroup (v2, else v1)
+    local group events
+    group="$(sed -n 's/^0:://p' /proc/self/cgroup 2>/dev/null)"
+    for events in "/sys/fs/cgroup$group/memory.events" /sys/fs/cgroup/memory/memory.oom_control; do
+        if [ -r "$events" ]; then
+            awk '$1 == "oom_kill" {{ n = $2 }} END {{ print n + 0 }}' "$events"
+            return
+        fi
+    done
+    echo 0
+}}
+# Written first: a run killed outright (for memory, or by Gradescope's timeout) leaves this.
+fallback "killed" "it was stopped before it wrote its results (most likely out of memory: \\
+{memory_hint})."
+kills_before="$(oom_kills)"
 # The virtual environment setup.sh made: its python runs the grader and the notebook's kernel.
 export PATH="$ROOT/venv/bin:$PATH"
 PYTHON="$ROOT/venv/bin/python"
 OUT="$(mktemp -d)"
-mkdir -p "$ROOT/results"
 cd "$ROOT/source"
 "$PYTHON" -m autograder grade {assignment} "$ROOT/submission" --out "$OUT" --jobs 1 \\
     --sandbox auto --db "sqlite:///$OUT/gradebook.db"
 status=$?
-if [ -f "$OUT/submission/results.json" ]; then
-    cp "$OUT/submission/results.json" "$ROOT/results/results.json"
+# The one submission's folder (its name is the submission folder's, made safe).
+found="$(find "$OUT" -mindepth 2 -maxdepth 2 -name results.json -print -quit)"
+if [ -n "$found" ]; then
+    cp "$found" "$RESULTS"
+elif [ "$status" = 137 ] || [ "$(oom_kills)" != "$kills_before" ]; then
+    fallback "out of memory" "the grader was killed for memory (exit status $status): \\
+{memory_hint}."
 else
-    # The grader itself failed: still hand Gradescope a valid result that says so.
-    cat > "$ROOT/results/results.json" <<EOF
-{{"score": 0, "tests": [], "extra_data": {{"flags": ["grader error"]}},
- "output": "The autograder failed (exit status $status); please tell the course staff."}}
-EOF
+    fallback "exit status $status" "the grader failed (exit status $status)."
 fi
+"""
+
+# Said wherever a run may have run out of memory: what to set in Gradescope.
+MEMORY_HINT = "give it at least {memory} of memory in the assignment's Autograder Settings"
+
+
+# What run_autograder needs, measured by benchmarks/gradescope_limits.py (benchmarks/
+# gradescope_limits.md): the reference with its solved notebook, run_autograder in a cgroup
+# with Gradescope's default limits and with larger ones. The grader's three processes (harness,
+# sandboxed worker, notebook kernel) each hold torch.
+NEEDED_MEMORY = "3 GB"
+NEEDED_CPUS = "1.0"
+MEASURED = (
+    "| container limits | result | peak memory (cgroup) | wall time |\n"
+    "| --- | --- | --- | --- |\n"
+    "| 768 MB, 0.5 CPU (Gradescope's default) | (to be measured) | | |\n"
+)
+
+ZIP_README = """\
+# Gradescope autograder for `{assignment}`
+
+Upload this zip as the assignment's autograder ("Configure Autograder", Ubuntu 22.04 base
+image). `setup.sh` builds the grader's virtual environment once; `run_autograder` grades each
+submission with the course's hidden suites and writes `/autograder/results/results.json`.
+
+## Autograder Settings to choose
+
+Gradescope's defaults (768 MB of memory, half a CPU, a 10-minute timeout) are too small for this
+grader: it runs three Python processes that each import torch (the harness with the hidden
+suites, the sandboxed worker that runs the student's code, and the notebook's kernel). In the
+assignment's **Autograder Settings** choose at least **{memory} of memory** and **{cpus} CPU**,
+and a timeout of at least **{timeout} minutes**. Measured (`benchmarks/gradescope_limits.py`,
+the reference with its solved notebook, the limits emulated with a cgroup):
+
+{measured}
+A run that is killed (for memory, or by the timeout) still leaves a `results.json` that says so,
+with a score of 0 and the flag `grader error: out of memory` (or `killed`), so the student sees
+the reason and the staff know which setting to raise.
+
+---
+
 """
 
 
@@ -135,6 +199,8 @@ def write_gradescope_zip(assignment: Assignment, out: Path) -> Path:
             members[path.relative_to(root).as_posix()] = path.read_bytes()
     if has_notebook(assignment):
         members[shipped_notebook_path(assignment)] = notebook_without_solutions(assignment)
+    # The zip's README: the settings Gradescope needs first, then the project's own README.
+    members["README.md"] = zip_readme(assignment).encode() + members["README.md"]
     leaked = [name for name in members if name.startswith("solutions/")]
     if leaked:  # a layout change must never ship the reference to students' graders
         raise AutograderError(f"{out}: refusing to package solution files: {leaked[0]}")
@@ -161,9 +227,23 @@ def setup_script(assignment: Assignment) -> str:
     return SETUP_SH.format(torch=torch, torch_index=TORCH_CPU_INDEX, notebook_lines=notebook_lines)
 
 
+def zip_readme(assignment: Assignment) -> str:
+    """The top of the zip's README: which Autograder Settings to choose, and why."""
+    limits = assignment.limits
+    timeout = min(40, -(-int(2 * limits.submission_timeout_s) // 60))  # suites + notebook
+    return ZIP_README.format(
+        assignment=assignment.name,
+        memory=NEEDED_MEMORY,
+        cpus=NEEDED_CPUS,
+        timeout=timeout,
+        measured=MEASURED,
+    )
+
+
 def run_script(assignment: Assignment) -> str:
     """``run_autograder``: grade ``/autograder/submission`` with the venv's python."""
-    return RUN_AUTOGRADER.format(assignment=shlex.quote(assignment.name))
+    hint = MEMORY_HINT.format(memory=NEEDED_MEMORY)
+    return RUN_AUTOGRADER.format(assignment=shlex.quote(assignment.name), memory_hint=hint)
 
 
 def shipped_notebook_path(assignment: Assignment) -> str:

@@ -47,7 +47,7 @@ def autograder_zip(assignment: Assignment, tmp_path_factory: pytest.TempPathFact
     return write_gradescope_zip(assignment, tmp_path_factory.mktemp("zip") / "autograder.zip")
 
 
-def _unpack(archive_path: Path, root: Path) -> Path:
+def unpack_zip(archive_path: Path, root: Path) -> Path:
     """``archive_path`` unpacked as Gradescope does, into ``root/source``; returns it."""
     source = root / "source"
     with zipfile.ZipFile(archive_path) as archive:
@@ -85,7 +85,7 @@ def test_no_solution_text_anywhere_in_the_zip(autograder_zip: Path) -> None:
 def test_scripts_install_into_a_venv_from_pyproject(autograder_zip: Path, tmp_path: Path) -> None:
     from importlib import metadata
 
-    source = _unpack(autograder_zip, tmp_path)
+    source = unpack_zip(autograder_zip, tmp_path)
     setup = (source / "setup.sh").read_text()
     run = (source / "run_autograder").read_text()
     for script in ("setup.sh", "run_autograder"):
@@ -133,7 +133,7 @@ def test_nbgrader_records_the_same_cells_from_the_shipped_notebook(
     """The shipped source (solution regions emptied) gives nbgrader exactly the cells, sources,
     checksums and points that the full source does: autograding against it is the same."""
     root = tmp_path / "unpacked"
-    source = _unpack(autograder_zip, root)
+    source = unpack_zip(autograder_zip, root)
     # What setup.sh does: the shipped notebook where the grader reads the source.
     target = source / assignment.solution_dir.relative_to(assignment.root) / "explore.ipynb"
     target.parent.mkdir(parents=True)
@@ -148,7 +148,7 @@ def test_nbgrader_records_the_same_cells_from_the_shipped_notebook(
 # --- Gradescope, for real ------------------------------------------------------------------
 
 
-def _python310() -> Path | None:
+def python310() -> Path | None:
     """A Python 3.10 interpreter from pyenv (Gradescope's version), if this machine has one."""
     pyenv = shutil.which("pyenv")
     if pyenv is not None:
@@ -160,7 +160,7 @@ def _python310() -> Path | None:
     return found[-1] if found else None
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
+def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without what would leak its own Python into the scripts'."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     return {**env, **extra}
@@ -175,57 +175,78 @@ def gradescope_root(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(root / "venv", ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_setup_then_run_autograder_gives_the_reference_full_marks(
-    assignment: Assignment, autograder_zip: Path, gradescope_root: Path
-) -> None:
-    python310 = _python310()
-    if python310 is None:
-        pytest.skip("no Python 3.10 here (Gradescope's version): looked in $(pyenv root)/versions")
-    root = gradescope_root
-    source = _unpack(autograder_zip, root)
-    env = _clean_env(
+def gradescope_env(root: Path, python: Path) -> dict[str, str]:
+    """The scripts' environment for a dry run in the fake ``/autograder`` ``root``."""
+    return clean_env(
         AUTOGRADER_ROOT=str(root),
         AUTOGRADER_SKIP_APT="1",
-        AUTOGRADER_PYTHON=str(python310),
+        AUTOGRADER_PYTHON=str(python),
         AUTOGRADER_TORCH_INDEX="",  # pip's configuration here, not PyTorch's index
     )
+
+
+def setup_gradescope(archive: Path, root: Path, python: Path) -> tuple[str, float]:
+    """Unpack ``archive`` into ``root/source`` and run its ``setup.sh`` as Gradescope does;
+    returns the venv's ``(python version, torch version)`` line and setup's seconds."""
+    source = unpack_zip(archive, root)
     started = time.monotonic()
     setup = subprocess.run(
         ["bash", str(source / "setup.sh")],
         cwd=source,
-        env=env,
+        env=gradescope_env(root, python),
         capture_output=True,
         text=True,
         timeout=SETUP_TIMEOUT_S,
     )
     setup_s = time.monotonic() - started
     assert setup.returncode == 0, setup.stdout[-4000:] + setup.stderr[-4000:]
-    venv_python = root / "venv" / "bin" / "python"
     probe = "import sys, torch; print(sys.version_info[:2], torch.__version__)"
     version = subprocess.run(
-        [str(venv_python), "-c", probe],
+        [str(root / "venv" / "bin" / "python"), "-c", probe],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert version.startswith("(3, 10)"), version
+    # Gradescope copies run_autograder to /autograder.
+    shutil.copy2(source / "run_autograder", root / "run_autograder")
+    return version.strip(), setup_s
 
-    # Gradescope copies run_autograder to /autograder and the upload to /autograder/submission.
-    runner = root / "run_autograder"
-    shutil.copy2(source / "run_autograder", runner)
+
+def upload_reference(assignment: Assignment, root: Path) -> Path:
+    """The reference with its solved notebook (without hidden tests, as a student has it) as
+    ``root/submission``, where Gradescope puts the upload."""
+    shutil.rmtree(root / "submission", ignore_errors=True)
     submission = materialize(assignment, REFERENCE, root / "submission")
-    solution_notebook(assignment, submission)  # solved, without hidden tests, as a student has it
+    solution_notebook(assignment, submission)
+    return submission
+
+
+@pytest.mark.slow
+def test_setup_then_run_autograder_gives_the_reference_full_marks(
+    assignment: Assignment, autograder_zip: Path, gradescope_root: Path
+) -> None:
+    python = python310()
+    if python is None:
+        pytest.skip("no Python 3.10 here (Gradescope's version): looked in $(pyenv root)/versions")
+    root = gradescope_root
+    version, setup_s = setup_gradescope(autograder_zip, root, python)
+    assert version.startswith("(3, 10)"), version
+    upload_reference(assignment, root)
     started = time.monotonic()
     done = subprocess.run(
-        [str(runner)], cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        [str(root / "run_autograder")],
+        cwd=root,
+        env=gradescope_env(root, python),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
     )
     run_s = time.monotonic() - started
-    print(f"\nsetup.sh: {setup_s:.0f} s; run_autograder: {run_s:.0f} s; venv: {version.strip()}")
-    _assert_full_marks(assignment, root / "results" / "results.json", done)
+    print(f"\nsetup.sh: {setup_s:.0f} s; run_autograder: {run_s:.0f} s; venv: {version}")
+    assert_full_marks(assignment, root / "results" / "results.json", done)
 
 
-def _assert_full_marks(
+def assert_full_marks(
     assignment: Assignment, results_file: Path, done: subprocess.CompletedProcess[str]
 ) -> None:
     """Every module part's points and every autograded notebook cell's; the written answers

@@ -10,6 +10,7 @@ is under test, not nbgrader's autograde): ``slow``, ~12 s for three one-submissi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -198,3 +199,102 @@ def test_an_edited_notebook_alone_is_graded_again(
     nbformat.write(edited, notebook)
     assert not grade(), "only the notebook changed, and the submission was resumed"
     assert len(seen) == 2 and seen[1] == notebook.read_bytes()
+
+
+# --- the kernel under each sandbox backend ----------------------------------------------------
+
+KERNEL_PROBE = """\
+import json, os
+report = {"uid": os.getuid()}
+report["read"] = [p for p in %(secrets)r if os.path.exists(p)]
+try:
+    with open("/var/tmp/%(marker)s", "w") as f:
+        f.write("escaped")
+    report["wrote"] = True
+except OSError:
+    report["wrote"] = False
+import matplotlib.pyplot as plt
+plt.plot([0, 1], [0, 1])
+plt.title("fonts")
+plt.savefig("probe.png")
+print("PROBE " + json.dumps(report))
+"""
+
+
+class _Keep:
+    """Where ``autograde`` puts the executed notebook (instead of nbgrader's course folder)."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+
+    def save(self, graded: Path) -> None:
+        shutil.copyfile(graded, self.dest)
+
+
+def _kernel_backend(name: str):
+    from autograder.grading import sandbox
+
+    backend = sandbox.choose("none") if name == "none" else None
+    if backend is None:
+        backend = sandbox.BubblewrapBackend() if name == "bwrap" else sandbox.UserBackend()
+        problem = backend.unavailable()
+        if problem is not None:
+            pytest.skip(f"the {name} backend is not available here: {problem}")
+    return backend
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend_name", ["bwrap", "user", "none"])
+def test_notebook_kernel_runs_under_the_batchs_backend(
+    course: Course, assignment: Assignment, submission: Path, tmp_path: Path, backend_name: str
+) -> None:
+    """A notebook cell that looks for the course's files and writes ``/var/tmp``: under bwrap
+    and under the dedicated user it sees none of them and writes nothing outside its folder;
+    under ``none`` it is flagged; matplotlib renders without a Fontconfig error everywhere."""
+    from autograder.grading.notebook_stage import autograde
+    from autograder.grading.sandbox.kernel import KERNEL_UID
+    from autograder.grading.unpack import collect_submission
+    from autograder.grading.workspace import prepare_workspace, student_file_names
+
+    backend = _kernel_backend(backend_name)
+    marker = f"autograder-probe-{os.getpid()}-{backend_name}"
+    secrets = [
+        str(assignment.root / "course.yml"),
+        str(assignment.hidden_tests_dir),
+        str(assignment.solution_dir),
+    ]
+    nb = nbformat.read(submission / "explore.ipynb", as_version=4)
+    probe = KERNEL_PROBE % {"secrets": secrets, "marker": marker}
+    nb.cells.insert(0, nbformat.v4.new_code_cell(probe))
+    files = collect_submission(submission, student_file_names(assignment))
+    workspace = prepare_workspace(assignment, files, tmp_path / "workspace")
+    graded = tmp_path / "graded.ipynb"
+    flags: list[str] = []
+    try:
+        outcomes = autograde(
+            course,
+            assignment,
+            nbformat.writes(nb).encode(),
+            workspace,
+            "alice",
+            keep=_Keep(graded),
+            backend=backend,
+            flags=flags,
+        )
+        escaped = Path("/var/tmp", marker).exists()
+    finally:
+        Path("/var/tmp", marker).unlink(missing_ok=True)
+    assert outcomes and not [o for o in outcomes if o.status == "error"], outcomes
+    cells = nbformat.read(graded, as_version=4).cells
+    printed = "".join(o.get("text", "") for o in cells[0].get("outputs", []))
+    assert "PROBE " in printed, cells[0].get("outputs")
+    report = json.loads(printed.split("PROBE ", 1)[1].splitlines()[0])
+    everything = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+    assert "Fontconfig error" not in everything
+    if backend_name == "none":
+        assert "no-sandbox" in flags
+        return
+    assert report["read"] == [], f"the kernel saw {report['read']}"
+    assert not report["wrote"] and not escaped, "the kernel wrote /var/tmp"
+    if backend_name == "user":
+        assert report["uid"] >= KERNEL_UID, report

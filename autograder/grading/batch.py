@@ -69,7 +69,9 @@ from autograder.grading.reports import (
     write_reports,
 )
 from autograder.grading.resume import GRADING, content_digest, course_digest, read_grading
+from autograder.grading.sandbox import Backend
 from autograder.grading.sandbox import choose as choose_sandbox
+from autograder.grading.sandbox.unsandboxed import NoSandbox
 from autograder.grading.scoring import part_points, score
 from autograder.grading.supervisor import OnDemandSupervisor, Supervisor
 from autograder.grading.unpack import StudentFiles, SubmissionError, collect_submission
@@ -120,7 +122,7 @@ def grade_batch(
     parts: list[str] | None = None,
     extensions: Extensions | None = None,
     progress: bool = True,
-    sandbox: str = "auto",
+    sandbox: str | Backend = "auto",
 ) -> list[GradedSubmission]:
     """Grade ``submissions`` into ``out`` (``jobs`` at a time); prints a summary table.
 
@@ -137,13 +139,15 @@ def grade_batch(
     if extensions is None:
         extensions = default_extensions(course, assignment, db_url)
     grader = _BatchGrader(course, assignment, out, parts, extensions)
-    # No OS sandbox here: refuse before anything is graded (or printed, or created).
-    grader.sandbox = choose_sandbox(sandbox).name
+    # No OS sandbox here: refuse before anything is graded (or printed, or created). One
+    # backend object, chosen once, for every stage that runs student code.
+    backend = sandbox if isinstance(sandbox, Backend) else choose_sandbox(sandbox)
+    grader.backend = backend
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, GradedSubmission] = {}
     bar = tqdm(total=len(names), desc="grading", unit="sub", file=sys.stderr, disable=not progress)
     with (
-        OnDemandSupervisor(lambda: Supervisor(assignment, sandbox_name=sandbox)) as supervisor,
+        OnDemandSupervisor(lambda: Supervisor(assignment, backend=backend)) as supervisor,
         bar,
     ):
         pool = ThreadPoolExecutor(max_workers=jobs)
@@ -185,7 +189,7 @@ class _BatchGrader:
     ) -> None:
         self.course, self.assignment, self.out = course, assignment, out
         self.parts, self.extensions = parts, extensions
-        self.sandbox = "none"  # the backend's name, set by grade_batch
+        self.backend: Backend = NoSandbox()  # set by grade_batch
         self.course_digest = course_digest(assignment, parts)
         self._csv_lock = threading.Lock()
         # grades.csv covers every submission graded into ``out`` (earlier runs included). Their
@@ -294,7 +298,7 @@ class _BatchGrader:
                 workspace,
                 files,
                 self.parts,
-                sandbox=self.sandbox,
+                backend=self.backend,
             )
             for stage in self.extensions.stages:
                 _run_stage(stage, context, run)
@@ -393,3 +397,4 @@ def _run_stage(stage: ExtraStage, context: StageContext, run: SuiteRun) -> None:
     except Exception as exc:  # the stage's points are lost, not the submission's
         name = getattr(stage, "__name__", type(stage).__name__)
         run.flags.append(f"grader stage {name} failed: {exc!r}")
+    run.flags.extend(f for f in context.flags if f not in run.flags)

@@ -23,6 +23,8 @@ from typing import Any
 from autograder.config import Assignment, Course
 from autograder.grading.models import SuiteRun, TestOutcome
 from autograder.grading.reports import SubmissionReport, grades_row
+from autograder.grading.sandbox import Backend
+from autograder.grading.sandbox.unsandboxed import NoSandbox
 from autograder.grading.scoring import Score
 from autograder.grading.unpack import StudentFiles
 
@@ -38,7 +40,9 @@ class StageContext:
     workspace: Path  # the prepared workspace (given files + student files); removed after
     files: StudentFiles
     parts: list[str] | None  # the parts asked for (None: all)
-    sandbox: str = "none"  # the OS sandbox backend student code runs in ("bwrap", "user", ...)
+    # The OS sandbox backend every piece of student code runs under (chosen once per batch).
+    backend: Backend = field(default_factory=NoSandbox)
+    flags: list[str] = field(default_factory=list)  # a stage's flags, added to the submission's
 
 
 @dataclass

@@ -14,12 +14,13 @@ in a child process of its own (``python -m autograder.grading.notebook_stage``: 
 ``chdir``-s, which a threaded batch must not see) in a new session, with an address-space cap
 (``limits.memory_mb``) that the kernel inherits, one BLAS thread, and a wall-clock bound
 (``limits.submission_timeout_s``) after which the child's whole process group (kernel included)
-is killed. With the ``bwrap`` backend the kernel itself starts inside the worker's sandbox
-(:mod:`autograder.grading.sandbox.kernel`): it sees the folder the notebook runs in and nothing
-else (not the gradebook, not the source notebook, not the course files), over Unix sockets and
-without a network. Residual risk: nbgrader runs the hidden test cells in that same kernel, so a
-notebook can forge its own cells' outputs (its own 10 points, nothing else). With the ``user``
-or ``none`` backends the kernel runs as the grading user. The child's database is private to the
+is killed. The kernel itself starts under the batch's sandbox backend
+(:mod:`autograder.grading.sandbox.kernel`): in bubblewrap with ``bwrap``, as a dedicated
+unprivileged user with ``user`` (flagged where it gets no network namespace), flagged
+``no-sandbox`` with ``none``. It sees the folder the notebook runs in and nothing else of the
+course (not the gradebook, not the source notebook, not the course files), over Unix sockets.
+Residual risk: nbgrader runs the hidden test cells in that same kernel, so a notebook can forge
+its own cells' outputs (its own 10 points, nothing else). The child's database is private to the
 submission; :mod:`autograder.gradebook` copies the scores into the course's gradebook.
 
 **Outcomes.** One :class:`TestOutcome` per graded cell, ``part="notebook"``, its points as
@@ -29,6 +30,7 @@ weight: an autograded test cell passes when nbgrader gave it full points; a writ
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -43,6 +45,9 @@ from autograder.config import PACKAGE, Assignment, Course
 from autograder.errors import AutograderError
 from autograder.grading.extensions import StageContext
 from autograder.grading.models import TestOutcome
+from autograder.grading.sandbox import Backend
+from autograder.grading.sandbox.kernel import Kernel, prepare_kernel
+from autograder.grading.sandbox.unsandboxed import NoSandbox
 from autograder.grading.scoring import NOTEBOOK_PART
 from autograder.grading.unpack import find_extra_file
 from autograder.nbgrader_course import save_autograded
@@ -58,6 +63,7 @@ from autograder.notebook import (
 )
 
 PENDING = "graded by hand by a TA (pending)"
+KERNEL_MANAGER_VARIABLE = "AUTOGRADER_KERNEL_MANAGER"  # the parent's KernelManager settings
 
 
 def notebook_stage(
@@ -94,7 +100,8 @@ def notebook_stage(
         context.workspace,
         context.name,
         keep=keep,
-        sandbox=context.sandbox,
+        backend=context.backend,
+        flags=context.flags,
     )
 
 
@@ -133,12 +140,15 @@ def autograde(
     student: str,
     *,
     keep: _Formgrader | None = None,
-    sandbox: str = "none",
+    backend: Backend | None = None,
+    flags: list[str] | None = None,
 ) -> list[TestOutcome]:
     """Run nbgrader's ``autograde`` on a student's notebook; one outcome per graded cell.
 
     ``workspace`` holds the ``flows/`` package to import (the course's given files with the
     student's files). ``keep``: where the executed, graded notebook goes for the TAs.
+    ``backend``: the sandbox the kernel runs under (:mod:`.sandbox.kernel`; default ``none``);
+    what it flags is appended to ``flags``.
     """
     from nbgrader.api import Gradebook, MissingEntry
 
@@ -147,7 +157,14 @@ def autograde(
         submitted = root / "submitted" / student / assignment.name
         shutil.copytree(workspace / PACKAGE, submitted / PACKAGE)
         (submitted / name).write_bytes(notebook)
-        error = _autograde_in_child(course, assignment, root, student, sandbox)
+        workdir = root / "autograded" / student / assignment.name
+        kernel = prepare_kernel(backend or NoSandbox(), root, workdir, root / "kernel")
+        try:
+            error = _autograde_in_child(course, assignment, root, student, kernel)
+        finally:
+            for flag in kernel.close():
+                if flags is not None and flag not in flags:
+                    flags.append(flag)
         graded = root / "autograded" / student / assignment.name / name
         if keep is not None and graded.is_file():
             keep.save(graded)
@@ -202,14 +219,16 @@ def _outcome(
 
 
 def _autograde_in_child(
-    course: Course, assignment: Assignment, root: Path, student: str, sandbox: str
+    course: Course, assignment: Assignment, root: Path, student: str, kernel: Kernel
 ) -> str | None:
     """Run this module's ``_child_main`` (below) bounded; ``None`` or what went wrong."""
     limits = assignment.limits
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.update(kernel.env)  # Jupyter finds the prepared kernel spec first
+    env[KERNEL_MANAGER_VARIABLE] = json.dumps(kernel.manager)
     # __name__: this module as the batch imported it (never "__main__" here).
     command = [sys.executable, "-m", __name__, str(course.root), assignment.name]
-    command += [str(root), student, sandbox]
+    command += [str(root), student]
     child = subprocess.Popen(
         command,
         env=env,
@@ -261,7 +280,8 @@ def _child_main(argv: list[str]) -> int:
 
     from autograder.config import load_course
 
-    repo, name, root, student, sandbox = argv
+    repo, name, root, student = argv
+    os.umask(0o077)  # what nbgrader writes (the source notebook, the gradebook) stays private
     course = load_course(Path(repo))
     assignment = course.assignment(name)
     memory = int(assignment.limits.memory_mb) * 1024 * 1024
@@ -269,17 +289,10 @@ def _child_main(argv: list[str]) -> int:
     config = nbgrader_config(course, assignment, Path(root))
     run_converter(GenerateAssignment, config, assignment, "generate_assignment")
     config.CourseDirectory.student_id = student
-    if sandbox == "bwrap":
-        # The kernel (student cells and hidden test cells) runs in the worker's sandbox; it
-        # sees only the folder nbgrader executes the notebook in.
-        from autograder.grading.sandbox.kernel import sandboxed_kernel
-
-        workdir = Path(root) / "autograded" / student / assignment.name
-        runtime = Path(root) / "kernel"
-        env, manager = sandboxed_kernel(workdir, runtime)
-        os.environ.update(env)
-        for key, value in manager.items():
-            setattr(config.KernelManager, key, value)
+    # The kernel (student cells and hidden test cells) under the batch's backend, prepared by
+    # the parent (sandbox.kernel): IPC sockets and a connection file in its runtime folder.
+    for key, value in json.loads(os.environ[KERNEL_MANAGER_VARIABLE]).items():
+        setattr(config.KernelManager, key, value)
     run_converter(Autograde, config, assignment, "autograde")
     return 0
 
