@@ -34,6 +34,9 @@ TIMEOUTS_PER_PART = 2
 MAX_MESSAGE = 2000  # characters of a failure message
 MAX_ARTIFACTS = 16
 MAX_ARTIFACT_BYTES = 2 << 20  # JSON of one artifact
+# The evaluation worker runs beside the main one: a backend that gives each slot its own uid
+# (and kills that uid's processes on start) must not give it the main worker's.
+EVALUATOR_SLOT_OFFSET = 512
 
 
 @dataclass
@@ -102,6 +105,7 @@ def harness_main(job: Job, writer: Any) -> None:
     try:
         code = pytest.main(args, plugins=[plugin])
     finally:
+        plugin._close_evaluator()
         session.close()
         sys.stdout.flush()  # what pytest said (a collection error, say) reaches the log
         sys.stderr.flush()
@@ -118,7 +122,11 @@ class HarnessPlugin:
         self.job, self.session, self.fd = job, session, fd
         self.verdict: tuple[str, str] | None = None
         self.artifacts = 0
-        self.flags_sent = 0
+        self.flags_sent: set[str] = set()
+        self.part: str | None = None  # the running test's part
+        self.deadline: float | None = None  # the running test's
+        self._evaluator: Session | None = None
+        self._evaluator_part: str | None = None
 
     def send(self, kind: str, **fields: Any) -> None:
         data = (json.dumps({"kind": kind, **fields}, allow_nan=True) + "\n").encode()
@@ -151,13 +159,24 @@ class HarnessPlugin:
             self.verdict = None
             self.send("start", nodeid=item.nodeid)
             started = time.monotonic()
-            self.session.deadline = started + limit
+            if part != self.part and any(
+                "evaluator" in getattr(i, "fixturenames", ()) and part_of(i.nodeid) == part
+                for i in items[index:]
+            ):
+                self.part = part
+                self.evaluator().launch()  # imports torch while the part's first test runs
+            self.part, self.deadline = part, started + limit
+            self.session.deadline = self.deadline
+            if self._evaluator is not None:
+                self._evaluator.deadline = self.deadline
             try:
                 item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
             except BaseException as exc:  # noqa: BLE001 - pytest.exit and the like
                 self.verdict = self.verdict or ("error", f"the test was interrupted: {exc!r}")
             finally:
-                self.session.deadline = None
+                self.session.deadline = self.deadline = None
+                if self._evaluator is not None:
+                    self._evaluator.deadline = None
             status, message = self.verdict or ("error", "the test gave no verdict")
             if status == "timeout":
                 timeouts[part] = timeouts.get(part, 0) + 1
@@ -169,27 +188,67 @@ class HarnessPlugin:
                 message=message[:MAX_MESSAGE],
                 s=time.monotonic() - started,
             )
-            self._forget()
+            self._forget(self.session)
+            if nextitem is None or part_of(nextitem.nodeid) != part:
+                self._close_evaluator()
+            else:
+                self._forget(self._evaluator)
         self.send("done", startups=self.session.startups)
         return True
 
-    def _forget(self) -> None:
-        """Drop the test's objects in the worker (between tests, so nothing builds up)."""
-        if self.session.alive:
-            self.session.deadline = time.monotonic() + 30
+    def evaluator(self) -> Session:
+        """The running part's evaluation worker: a second worker on the same submission.
+
+        Started on first use in a part and reused by the part's every test (a fresh worker
+        costs about a second), closed after the part's last test. It shares the running test's
+        deadline, and its flags reach the results like the main worker's. Checks ask it the
+        second direction of a round trip, of a layer rebuilt there (:func:`remote.rebuild`).
+        """
+        if self._evaluator is not None and self._evaluator_part != self.part:
+            self._close_evaluator()
+        if self._evaluator is None:
+            job = self.job
+            self._evaluator = Session(
+                job.backend,
+                job.workspace,
+                job.base / f"evaluator-{self.part}",
+                job.limits,
+                threads=job.threads,
+                slot=job.slot + EVALUATOR_SLOT_OFFSET,
+                gpu=bool(job.cuda_devices),
+            )
+            self._evaluator_part = self.part
+            self._evaluator.deadline = self.deadline
+        return self._evaluator
+
+    def _close_evaluator(self) -> None:
+        if self._evaluator is not None:
+            self._send_flags()
+            self.session.startups.extend(self._evaluator.startups)
+            self._evaluator.close()
+            self._evaluator = self._evaluator_part = None
+
+    def _forget(self, session: Session | None) -> None:
+        """Drop the test's objects in a worker (between tests, so nothing builds up)."""
+        if session is not None and session.alive:
+            session.deadline = time.monotonic() + 30
             try:
-                self.session.request("forget", {}, label="cleaning up")
+                session.request("forget", {}, label="cleaning up")
             except WorkerFailure:
                 pass
             finally:
-                self.session.deadline = None
+                session.deadline = None
             self._send_flags()
 
     def _send_flags(self) -> None:
-        self.session.check_limits()
-        for text in self.session.flags[self.flags_sent :]:
-            self.send("flag", text=text)
-        self.flags_sent = len(self.session.flags)
+        for session in (self.session, self._evaluator):
+            if session is None:
+                continue
+            session.check_limits()
+            for text in session.flags:
+                if text not in self.flags_sent:
+                    self.flags_sent.add(text)
+                    self.send("flag", text=text)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Iterator[None]:

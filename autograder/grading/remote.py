@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from autograder.config import PACKAGE, Limits
-from autograder.grading import protocol
+from autograder.grading import protocol, recipes
 from autograder.grading.sandbox import Backend, WorkerSpec
 from autograder.grading.sandbox.base import make_runtime
 
@@ -106,6 +106,7 @@ class Session:
         self._drain: OutputDrain | None = None
         self.runtime = make_runtime(self.base)
         self.startups: list[float] = []  # seconds each start took (for benchmarks)
+        self.book = recipes.Book(lambda value: isinstance(value, Handle))  # see recipes
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -215,6 +216,10 @@ class Session:
             # A (re)start is the grader's time, not the test's: its clock moves on by as much.
             if self.deadline is not None:
                 self.deadline += time.monotonic() - waited
+        if op == "call" and "seed" not in args:
+            args = {**args, "seed": self.book.next_seed()}  # recorded: a rebuild replays it
+        elif op == "seed":
+            self.book.reseed(int(args["seed"]))
         blobs: list[bytes] = []
         try:
             tree = protocol.encode(args, blobs, self._reference)
@@ -232,7 +237,9 @@ class Session:
                 raise protocol.ProtocolError("an answer to a question that was not asked")
             if "error" in header:
                 raise self._error(header["error"], label)
-            return protocol.decode(header.get("ok"), reply_blobs, self._handle)
+            value = protocol.decode(header.get("ok"), reply_blobs, self._handle)
+            self.book.note(op, args, value, self.generation)
+            return value
         except protocol.ChannelTimeout:
             seconds = f"{self.limits.test_timeout_s:g}"
             self.stop()
@@ -380,6 +387,13 @@ class Handle:
 def fetch(handle: Handle) -> Any:
     """The value ``handle`` names, as data (a tensor, a number, a list...; objects as handles)."""
     return handle._session.request("get", {"target": handle}, label=handle._label)
+
+
+def rebuild(handle: Handle, session: Session) -> Handle:
+    """``handle``'s object made again in ``session`` from its recipe (constructor calls replayed
+    under their seeds, then ``load_state_dict(strict=True)`` of the original's state, fetched as
+    data); nested handles are rebuilt too. See :mod:`autograder.grading.recipes`."""
+    return recipes.rebuild(handle, session, Handle)
 
 
 def randomize(handle: Handle, seed: int = 1234, std: float = 0.3) -> int:

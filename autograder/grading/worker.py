@@ -77,14 +77,20 @@ class Worker:
         self.requests, self.replies = requests, replies
         self.submission = os.path.realpath(submission)
         self.objects: dict[int, Any] = {}
+        self.known: dict[int, int] = {}  # id(obj) -> handle: one object, one handle
         self.next_id = 1
 
     # -- handles -------------------------------------------------------------------------------
 
     def keep(self, obj: Any) -> dict[str, Any]:
-        ident = self.next_id
-        self.next_id += 1
-        self.objects[ident] = obj
+        # The same object comes back under the handle it already has (``layer.double()`` names
+        # ``layer``), so the harness can tell which object a mutating call changed.
+        ident = self.known.get(id(obj), 0)
+        if self.objects.get(ident) is not obj:
+            ident = self.next_id
+            self.next_id += 1
+            self.objects[ident] = obj
+            self.known[id(obj)] = ident
         kind = type(obj)
         if kind.__name__ == "module":
             name = str(obj.__name__)
@@ -110,7 +116,14 @@ class Worker:
         except BaseException as exc:
             raise ImportFailure(import_failure(exc, module)) from None
 
-    def op_call(self, target: Any, args: list, kwargs: dict) -> Any:
+    def op_call(self, target: Any, args: list, kwargs: dict, seed: int | None = None) -> Any:
+        """``target(*args, **kwargs)``, after seeding every random generator with ``seed``.
+
+        The harness chooses and records the seed of every call, so that a rebuild replays a
+        constructor that draws masks or degrees at random under the same draws.
+        """
+        if seed is not None:
+            self.op_seed(seed)
         return target(*args, **kwargs)
 
     def op_get(self, target: Any) -> Any:
@@ -123,9 +136,22 @@ class Worker:
 
         random.seed(seed)
         torch.manual_seed(seed)
+        numpy = sys.modules.get("numpy")  # seeded only where student code imported it
+        if numpy is not None:
+            numpy.random.seed(seed % 2**32)
+
+    def op_state(self, target: Any) -> dict[str, Any] | None:
+        """``target.state_dict()`` as plain CPU tensors (data the harness fetches and resends);
+        ``None`` for an object that is not a ``torch.nn.Module``."""
+        import torch
+
+        if not isinstance(target, torch.nn.Module):
+            return None
+        return {str(k): v.detach().cpu().clone() for k, v in target.state_dict().items()}
 
     def op_forget(self) -> None:
         self.objects.clear()
+        self.known.clear()
 
     def op_randomize(self, target: Any, seed: int, std: float) -> int:
         """Re-draw every trainable parameter of ``target`` from N(0, std^2); returns how many."""
