@@ -219,3 +219,76 @@ def test_extension_points_run_and_a_failing_stage_costs_only_its_points(
     assert graded.score.total == assignment.parts["composition"] + assignment.notebook.points
     assert not graded.score.parts["coupling"].graded
     assert any("broken_stage failed: RuntimeError('kernel died')" in f for f in graded.run.flags)
+
+
+# --- a test that timed out is rerun alone ------------------------------------------------------
+
+FOREVER = """
+
+def _forever(self, z):  # appended by the test: every forward pass loops forever
+    while True:
+        pass
+
+
+Sequential.forward = _forever
+"""
+
+
+def test_a_timed_out_test_is_rerun_alone_and_takes_the_reruns_outcome(
+    assignment: Assignment, submissions: list[Path], tmp_path: Path
+) -> None:
+    """The first run's outcome is made a timeout (as a busy neighbour would); the real harness
+    reruns exactly that test, which passes, and the feedback says it was rerun."""
+    from autograder.grading.rerun import RERUN_NOTE, rerun_alone
+    from autograder.grading.supervisor import Supervisor
+    from autograder.grading.unpack import collect_submission
+    from autograder.grading.workspace import prepare_workspace, student_file_names
+
+    files = collect_submission(submissions[0], student_file_names(assignment))
+    workspace = prepare_workspace(assignment, files, tmp_path / "ws")
+    seen: list[models.SuiteRun] = []
+    with Supervisor(assignment, sandbox_name="auto") as supervisor:
+        first = supervisor.run(workspace, parts=["composition"])
+
+        class Recording:
+            def run(self, workspace: Path, **options) -> models.SuiteRun:
+                seen.append(supervisor.run(workspace, **options))
+                return seen[-1]
+
+        slowed = first.tests[1]
+        slowed.status, slowed.message = "timeout", "timed out after 90 s in Sequential.forward"
+        forfeited = first.tests[2]
+        forfeited.status, forfeited.message = "timeout", "not run: composition timed out twice"
+        again = rerun_alone(assignment, submissions[0], first, Recording())
+    assert again is not None and len(seen) == 1
+    assert [t.nodeid for t in seen[0].tests] == [slowed.nodeid], "not exactly the timed-out test"
+    by_id = {t.nodeid: t for t in again.tests}
+    assert by_id[slowed.nodeid].status == "passed"
+    assert RERUN_NOTE in by_id[slowed.nodeid].message
+    assert by_id[forfeited.nodeid].status == "timeout", "a forfeited test was rerun"
+    assert any(RERUN_NOTE in flag for flag in again.flags)
+
+
+def test_a_test_that_times_out_again_alone_keeps_its_timeout(
+    course_copy: Path, assignment: Assignment, tmp_path: Path
+) -> None:
+    """A forever loop (a 5 s test clock): the two tests that ran and timed out are rerun alone
+    after the batch and time out again; the tests forfeited after them are not rerun."""
+    from autograder.config import load_course
+    from autograder.grading.rerun import RERUN_NOTE
+
+    config = course_copy / "course.yml"
+    config.write_text(config.read_text().replace("test_timeout_s: 90", "test_timeout_s: 5"))
+    short = load_course(course_copy)
+    looping = materialize(assignment, REFERENCE, tmp_path / "looping")
+    with (looping / "flows" / "composition.py").open("a") as handle:
+        handle.write(FOREVER)
+    options = {**OPTIONS, "parts": ["composition"]}
+    (graded,) = grade_batch(
+        short, short.assignment("normalizing_flows"), [looping], tmp_path / "o", **options
+    )
+    timeouts = [t for t in graded.run.tests if t.status == "timeout"]
+    rerun = [t for t in timeouts if RERUN_NOTE in t.message]
+    assert len(rerun) == 2, [(t.nodeid, t.message) for t in timeouts]
+    assert all(t.message.startswith("not run") for t in timeouts if t not in rerun)
+    assert RERUN_NOTE in (tmp_path / "o" / "looping" / "feedback.md").read_text()

@@ -5,26 +5,21 @@ Per submission, small named stages run in order::
     unpack -> key (resume?) -> workspace -> supervise -> extra stages -> score -> plots -> reports
            -> grading.json -> grades.csv -> sinks
 
-``<name>`` is the submission's folder name or zip stem; its outputs go to ``out/<name>/``.
+then, once every job has finished, the tests that timed out are rerun alone (:mod:`.rerun`).
+``<name>`` is the submission's safe output name (:mod:`.names`); its outputs go to
+``out/<name>/``. The sandbox backend is chosen once and handed to every stage.
 
 **Resume** (:mod:`.resume`). ``out/<name>/grading.json`` (written last, with the content key
 and the :class:`SuiteRun`) says the submission is done: a re-run with the same key reuses it, so a
 killed or interrupted batch resumes where it stopped and an unchanged one is free.
 
-**Failure.** A submission that cannot be unpacked (or whose grading hits a grader bug) still
-gets a complete ``results.json``: every part at 0, the reason in ``output`` and in the flags;
-the batch goes on.
+**Failure.** A submission that cannot be unpacked, whose grading hits a grader bug, or whose
+results cannot be written still gets (where it can be written) a complete ``results.json``:
+every part at 0, the reason in ``output`` and in the flags; the batch goes on.
 
-**Extension points** (filled by :func:`default_extensions`, or passed to :func:`grade_batch`):
-
-- *extra stages*: ``stage(ctx: StageContext) -> list[TestOutcome]``, called after the hidden
-  suites while the prepared workspace exists (e.g. nbgrader's autograde of the notebook, whose
-  outcomes carry ``part="notebook"`` and score against ``notebook.points``). A stage that raises
-  costs its outcomes, not the batch: the error becomes a flag.
-- *sinks*: ``sink(graded: GradedSubmission) -> None``, called after a submission's reports are
-  written, for resumed submissions too (so a sink must be idempotent; e.g. the gradebook).
-- *fingerprints*: ``fingerprint(submission: Path) -> bytes``, mixed into the content key, for
-  whatever a stage reads from the submission beyond the student files (e.g. the notebook).
+**Extension points** (:mod:`.extensions`: extra stages, sinks, fingerprints) are filled by
+:func:`default_extensions` (the notebook and the gradebook) or passed to :func:`grade_batch`.
+A stage or sink that raises costs that submission its outcomes, never the batch.
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
-from functools import partial, update_wrapper
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +39,8 @@ from tqdm import tqdm
 
 from autograder.config import Assignment, Course
 from autograder.errors import AutograderError
-from autograder.gradebook import GradebookSink
 from autograder.grading import atomic
+from autograder.grading.defaults import default_extensions
 from autograder.grading.extensions import (
     Extensions,
     ExtraStage,
@@ -58,7 +52,6 @@ from autograder.grading.extensions import (
 from autograder.grading.models import SuiteRun, TestOutcome
 from autograder.grading.names import output_names, reserved_names
 from autograder.grading.names import raw_name as submission_name
-from autograder.grading.notebook_stage import notebook_fingerprint, notebook_stage
 from autograder.grading.plots import draw_pictures
 from autograder.grading.reports import (
     GRADES_CSV,
@@ -68,6 +61,7 @@ from autograder.grading.reports import (
     write_grades_csv,
     write_reports,
 )
+from autograder.grading.rerun import rerun_alone
 from autograder.grading.resume import GRADING, content_digest, course_digest, read_grading
 from autograder.grading.sandbox import Backend
 from autograder.grading.sandbox import choose as choose_sandbox
@@ -76,8 +70,6 @@ from autograder.grading.scoring import part_points, score
 from autograder.grading.supervisor import OnDemandSupervisor, Supervisor
 from autograder.grading.unpack import StudentFiles, SubmissionError, collect_submission
 from autograder.grading.workspace import prepare_workspace, student_file_names
-from autograder.nbgrader_course import course_folder
-from autograder.notebook import has_notebook
 
 __all__ = [  # the extension types live in extensions.py; still importable from here
     "Extensions",
@@ -92,23 +84,6 @@ __all__ = [  # the extension types live in extensions.py; still importable from 
 ]
 
 PLOTS = "plots"
-
-
-def default_extensions(course: Course, assignment: Assignment, db_url: str | None) -> Extensions:
-    """The stages and sinks every ``autograder grade`` runs (the notebook and the gradebook).
-
-    Cheap to build: nbgrader is imported, and the gradebook opened, by the first stage or sink
-    call that needs them, so a batch that only resumes never pays for them.
-    """
-    extensions = Extensions(sinks=[GradebookSink(course, assignment, db_url)])
-    if has_notebook(assignment):
-        # The graded notebooks also go to nbgrader's course folder, for formgrader.
-        folder = course_folder(course, db_url)
-        stage = partial(notebook_stage, formgrader=folder, db_url=db_url)
-        extensions.stages.append(update_wrapper(stage, notebook_stage))
-        # The notebook is read from the submission, not from its student files: in the key.
-        extensions.fingerprints.append(partial(notebook_fingerprint, assignment))
-    return extensions
 
 
 def grade_batch(
@@ -167,6 +142,9 @@ def grade_batch(
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
+        # A test that timed out beside other jobs is run again with no other job running.
+        for name in names:
+            results[name] = grader.rerun(results[name], supervisor)
     ordered = [results[name] for name in names]
     print(format_table(assignment, [g.row for g in ordered], resumed=_resumed(ordered)))
     return ordered
@@ -223,13 +201,31 @@ class _BatchGrader:
             raise _Abandoned(name)
         if not graded.resumed:
             graded.report = replace(graded.report, wall_time_s=time.monotonic() - started)
+        return self._finish(graded)
+
+    def rerun(self, graded: GradedSubmission, supervisor: OnDemandSupervisor) -> GradedSubmission:
+        """Its tests that timed out, once more and alone (:mod:`.rerun`); stored again."""
+        try:
+            run = rerun_alone(self.assignment, graded.submission, graded.run, supervisor)
+        except Exception:  # the first outcomes stand
+            tqdm.write(f"autograder: rerunning {graded.name} failed:\n{traceback.format_exc()}")
+            return graded
+        if run is None:
+            return graded
+        marks = score(self.assignment, run, parts=graded.parts)
+        report = replace(graded.report, score=marks, flags=list(run.flags))
+        return self._finish(replace(graded, run=run, report=report, resumed=False))
+
+    def _finish(self, graded: GradedSubmission) -> GradedSubmission:
+        """Store it (unless resumed), then the sinks; a failure is this submission's alone."""
+        if not graded.resumed:
             graded = self._store_or_fail(graded)
         for sink in self.extensions.sinks:
             try:
                 sink(graded)
             except Exception as exc:  # e.g. the gradebook: this submission's failure, retried
                 flag = f"grader error: {getattr(sink, '__name__', type(sink).__name__)}: {exc!r}"
-                tqdm.write(f"autograder: {name}: {flag}")
+                tqdm.write(f"autograder: {graded.name}: {flag}")
                 graded.run.flags.append(flag)
                 report = replace(graded.report, flags=[*graded.report.flags, flag])
                 graded = self._store_or_fail(replace(graded, report=report, key=None))

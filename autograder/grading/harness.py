@@ -50,6 +50,7 @@ class Job:
     limits: Limits
     backend: Backend
     parts: list[str] | None = None
+    only: list[str] | None = None  # node ids to run (a rerun of the tests that timed out)
     slot: int = 0
     threads: int = 1
     cuda_devices: str | None = None  # CUDA_VISIBLE_DEVICES; None: leave as is
@@ -142,6 +143,9 @@ class HarnessPlugin:
         if self.job.parts:
             wanted = set(self.job.parts)
             items[:] = [item for item in items if part_of(item.nodeid) in wanted]
+        if self.job.only is not None:
+            chosen = set(self.job.only)
+            items[:] = [item for item in items if item.nodeid in chosen]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:

@@ -201,8 +201,11 @@ class Supervisor:
         with self._slot_lock:
             self._slots.remove(slot)
 
-    def run(self, workspace: Path, *, parts: list[str] | None = None) -> SuiteRun:
-        """Grade ``workspace`` (a folder holding ``flows/``) and return every test's outcome."""
+    def run(
+        self, workspace: Path, *, parts: list[str] | None = None, only: list[str] | None = None
+    ) -> SuiteRun:
+        """Grade ``workspace`` (a folder holding ``flows/``) and return every test's outcome
+        (``only``: just these node ids)."""
         if self._base is None:
             raise AutograderError("Supervisor.run called outside its `with` block")
         started = time.monotonic()
@@ -219,6 +222,7 @@ class Supervisor:
                 limits=self.limits,
                 backend=self.backend,
                 parts=parts,
+                only=only,
                 slot=slot,
                 threads=self.threads,
                 cuda_devices=device,
@@ -253,11 +257,13 @@ class OnDemandSupervisor:
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
 
-    def run(self, workspace: Path, *, parts: list[str] | None = None) -> SuiteRun:
+    def run(
+        self, workspace: Path, *, parts: list[str] | None = None, only: list[str] | None = None
+    ) -> SuiteRun:
         with self._lock:
             if self._supervisor is None:
                 self._supervisor = self._stack.enter_context(self._start())
-        return self._supervisor.run(workspace, parts=parts)
+        return self._supervisor.run(workspace, parts=parts, only=only)
 
 
 def _nothing() -> None:
