@@ -310,8 +310,3 @@ def moved_parameters_call(
         with torch.no_grad():
             for p, s in zip(parameters, saved, strict=True):
                 p.copy_(s)
-
-
-def state_dict_data(module: torch.nn.Module) -> dict[str, Tensor]:
-    """``module.state_dict()`` as plain CPU tensors: data the harness can fetch and send on."""
-    return {str(k): v.detach().cpu().clone() for k, v in module.state_dict().items()}

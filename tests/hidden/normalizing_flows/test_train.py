@@ -31,7 +31,6 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import expect_pair, expect_tensor, fetch, max_error
 from secret_task import (
     BOX_HI,
     BOX_LO,
@@ -47,8 +46,9 @@ from secret_task import (
 )
 from torch import Tensor
 
+from autograder.checks import expect_pair, expect_tensor, max_error
 from autograder.grading import remote
-from autograder.grading.remote import Handle, StudentError, recorder
+from autograder.grading.remote import Handle, StudentError, fetch, recorder
 
 # The entropy of two_moons(noise=0.05), H = 0.289 nats (benchmarks/moons_density.py): the floor
 # of every model's NLL. The entropy of A x + b is H + log|det A|, so every bound on an NLL or a
@@ -316,37 +316,13 @@ MODELS: dict[str, tuple[Callable[[dict[str, Handle]], Handle], str, tuple[str, .
 }
 
 
-def trained_twin(flow: Handle, evaluator: remote.Session, replay=None) -> tuple[Handle, Handle]:
+def trained_twin(flow: Handle, evaluator: remote.Session) -> tuple[Handle, Handle]:
     """The trained stack rebuilt in the evaluation worker from its classes and its state_dict
     (as data), in float64 and eval mode; and the evaluator's probes."""
-    if hasattr(remote, "rebuild"):
-        twin = remote.rebuild(flow, evaluator)
-    else:  # TEMPORARY (B): until A1's remote.rebuild lands, replay the build here
-        build, seed, parts = replay
-        evaluator.request("seed", {"seed": seed}, label="seeding")
-        modules = {n: evaluator.module(n) for n in parts}
-        modules["given"] = evaluator.module("base")
-        twin = build(modules)
-        probes = flow._session.request("import", {"module": "probes"}, label="probes")
-        twin.load_state_dict(probes.state_dict_data(flow), strict=True)
+    twin = remote.rebuild(flow, evaluator)
     twin.double()
     twin.eval()
     return twin, evaluator.request("import", {"module": "probes"}, label="probes")
-
-
-if "evaluator" not in dir(__import__("conftest")):  # TEMPORARY (B): until A1's fixture lands
-
-    @pytest.fixture(scope="module")
-    def evaluator(request, worker):
-        import shutil
-        import tempfile
-        from pathlib import Path
-
-        base = Path(tempfile.mkdtemp(prefix="evaluator-"))
-        session = remote.Session(worker.backend, worker.workspace, base, worker.limits)
-        yield session
-        session.close()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def density_artifacts(
@@ -417,7 +393,7 @@ def converge(model: str, request, worker, evaluator, task: Task, record_artifact
                 f"outside [{low:g}, {high:g}] where every correct train's running loss is by then"
             )
             continue
-        twin, twin_probes = trained_twin(flow, evaluator, (build, seed, parts))
+        twin, twin_probes = trained_twin(flow, evaluator)
         scores = score(twin_probes, twin, task, held_out)
         check_flow(twin_probes, twin, held_out[:FLOW_POINTS], scores.held_out[:FLOW_POINTS], task)
         nll = scores.nll - task.log_det
