@@ -276,3 +276,47 @@ def assert_full_marks(
     autograded = sum(c.points for c in cells.values() if not c.manual)
     expected = sum(assignment.parts.values()) + autograded
     assert results["score"] == pytest.approx(expected), context
+
+
+@pytest.mark.parametrize(
+    ("grader", "flag"),
+    [
+        ("kill -KILL $$", "grader error: out of memory"),  # as the OOM killer does
+        ("exit 3", "grader error: exit status 3"),
+    ],
+    ids=["killed", "failed"],
+)
+def test_run_autograder_leaves_a_results_json_that_says_why(
+    assignment: Assignment, autograder_zip: Path, tmp_path: Path, grader: str, flag: str
+) -> None:
+    """A grader that dies without results (killed, as for memory; or failing) still leaves a
+    valid ``results.json`` naming the reason and, for memory, the setting to raise."""
+    root = tmp_path / "autograder"
+    source = unpack_zip(autograder_zip, root)
+    fake = root / "venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f"#!/usr/bin/env bash\n{grader}\n")
+    fake.chmod(0o755)
+    (root / "submission").mkdir()
+    done = subprocess.run(
+        ["bash", str(source / "run_autograder")],
+        env=clean_env(AUTOGRADER_ROOT=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    results = json.loads((root / "results" / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA)
+    assert results["score"] == 0 and results["extra_data"]["flags"] == [flag], done.stderr
+    if "memory" in flag:
+        assert "Autograder Settings" in results["output"]
+
+
+def test_zip_readme_names_the_autograder_settings(autograder_zip: Path) -> None:
+    from autograder.gradescope import NEEDED_MEMORY
+
+    with zipfile.ZipFile(autograder_zip) as archive:
+        readme = archive.read("README.md").decode()
+    assert readme.startswith("# Gradescope autograder")
+    assert "Autograder Settings" in readme and NEEDED_MEMORY in readme
+    assert "768 MB" in readme and "# Normalizing flows" in readme  # the project's README after
