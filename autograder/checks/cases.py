@@ -29,6 +29,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -69,6 +70,7 @@ class LayerCase:
     randomize: float | None = 0.3
     allowed: frozenset[str] = frozenset()  # expensive calls the layer may make (see cheap)
     sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None  # (n, gen) -> (n, d)
+    meta: Any = None  # what the test file needs to know of the layer (a coupling's mask, say)
 
     def __str__(self) -> str:
         return self.name

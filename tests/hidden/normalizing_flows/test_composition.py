@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import expect_pair, expect_tensor, fetch
 from torch import Tensor
+
+from autograder.checks import expect_pair, expect_tensor
+from autograder.grading.remote import fetch
 
 # Each probe layer by hand: (x, log|det J_f(z)|) of its forward, in plain torch.
 Layer = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -67,6 +69,13 @@ def z() -> Tensor:
     return 0.7 * torch.randn(6, 2, dtype=torch.float64)
 
 
+@pytest.fixture
+def x() -> Tensor:
+    """Data-space points drawn here, not the image of anything the worker was asked before."""
+    generator = torch.Generator().manual_seed(21)
+    return 1.5 * torch.randn(6, 2, dtype=torch.float64, generator=generator)
+
+
 @pytest.mark.weight(2)
 def test_forward_order(sequential, z):
     """Sequential(f_1, ..., f_K) applies f_1 first"""
@@ -79,13 +88,14 @@ def test_forward_order(sequential, z):
 
 
 @pytest.mark.weight(2)
-def test_inverse_order(sequential, z):
+def test_inverse_order(sequential, x):
     """Sequential's inverse undoes the last layer first"""
-    x, _ = by_hand(BY_HAND, z)
-    back, _ = expect_pair(sequential.inverse(x), "Sequential.inverse", 6, 2)
-    assert torch.allclose(back.double(), z, atol=1e-10), (
-        "Sequential(f_1, ..., f_4).inverse(x) should be f_1^{-1}(f_2^{-1}(f_3^{-1}(f_4^{-1}(x)))) "
-        f"and give back z = {fmt(z[0])}; got {fmt(back[0])}"
+    z, _ = expect_pair(sequential.inverse(x), "Sequential.inverse", 6, 2)
+    again, _ = by_hand(BY_HAND, z.double())  # the forward of what came back, computed here
+    assert torch.allclose(again, x, atol=1e-9), (
+        "Sequential(f_1, ..., f_4).inverse(x) should be f_1^{-1}(f_2^{-1}(f_3^{-1}(f_4^{-1}(x)))), "
+        f"a z with f_4(f_3(f_2(f_1(z)))) = x; for x = {fmt(x[0])} it returned z = {fmt(z[0])}, "
+        f"which the chain maps to {fmt(again[0])}"
     )
 
 
@@ -101,14 +111,57 @@ def test_forward_log_dets_sum(sequential, z):
 
 
 @pytest.mark.weight(2)
-def test_inverse_log_dets_sum(sequential, z):
+def test_inverse_log_dets_sum(sequential, x):
     """Sequential's inverse log-determinant is the sum of its layers' inverse ones"""
-    x, forward = by_hand(BY_HAND, z)
-    _, log_abs_det = expect_pair(sequential.inverse(x), "Sequential.inverse", 6, 2)
-    assert torch.allclose(log_abs_det.double(), -forward, atol=1e-10), (
+    z, log_abs_det = expect_pair(sequential.inverse(x), "Sequential.inverse", 6, 2)
+    again, forward = by_hand(BY_HAND, z.double())
+    assert torch.allclose(again, x, atol=1e-9), (
+        f"Sequential.inverse(x) should invert the chain; for x = {fmt(x[0])} it returned "
+        f"z = {fmt(z[0])}, which the chain maps to {fmt(again[0])}"
+    )
+    assert torch.allclose(log_abs_det.double(), -forward, atol=1e-9), (
         "Sequential.inverse should return sum_k log|det J_{f_k^{-1}}| over all 4 layers, i.e. "
         f"minus the forward log-determinant: expected {fmt(-forward)}, got {fmt(log_abs_det)}"
     )
+
+
+def test_three_dimensions(composition, given, probes):
+    """Sequential works in 3-D, both ways (with the given Reverse between the layers)"""
+    chain = composition.Sequential(
+        probes.ScaleShift(1.5, -0.5), given.Reverse(), probes.Sinh(), probes.ScaleShift(0.5, 2.0)
+    )
+    layers = [scale_shift(1.5, -0.5), reverse, sinh, scale_shift(0.5, 2.0)]
+    generator = torch.Generator().manual_seed(31)
+    z = 0.8 * torch.randn(5, 3, dtype=torch.float64, generator=generator)
+    x, log_abs_det = expect_pair(chain(z), "Sequential.forward", 5, 3)
+    expected, expected_log_det = by_hand(layers, z)
+    assert torch.allclose(x.double(), expected, atol=1e-10) and torch.allclose(
+        log_abs_det.double(), expected_log_det, atol=1e-10
+    ), (
+        f"Sequential(x1.5 - 0.5, Reverse(), sinh, x0.5 + 2) in 3-D: for z = {fmt(z[0])} expected "
+        f"x = {fmt(expected[0])} and log|det J| {float(expected_log_det[0]):.4f}, got "
+        f"{fmt(x[0])} and {float(log_abs_det[0]):.4f}"
+    )
+    fresh = 2.0 + 0.5 * torch.randn(5, 3, dtype=torch.float64, generator=generator)
+    back, back_log_det = expect_pair(chain.inverse(fresh), "Sequential.inverse", 5, 3)
+    again, forward = by_hand(layers, back.double())
+    assert torch.allclose(again, fresh, atol=1e-9) and torch.allclose(
+        back_log_det.double(), -forward, atol=1e-9
+    ), (
+        f"Sequential(...).inverse in 3-D should invert the chain and return minus its forward "
+        f"log|det J|: for x = {fmt(fresh[0])} it returned z = {fmt(back[0])} (which the chain "
+        f"maps to {fmt(again[0])}) and {float(back_log_det[0]):.4f} (expected "
+        f"{float(-forward[0]):.4f})"
+    )
+
+
+def test_is_a_bijection(sequential, check, z):
+    """Sequential of the course's layers passes the bijection checks (round trips through a
+    rebuilt copy, log-dets against the Jacobian, forward and inverse log-dets opposite)"""
+    name = "Sequential(x2 + 1, sinh, swirl, x0.5 - 1)"
+    check.invertible(sequential, z, name)
+    check.log_det_matches_jacobian(sequential, z, name)
+    check.log_dets_negate(sequential, z, name)
 
 
 def test_with_reverse(composition, given, probes, z):
