@@ -295,6 +295,9 @@ def test_notebook_kernel_runs_under_the_batchs_backend(
         assert "no-sandbox" in flags
         return
     assert report["read"] == [], f"the kernel saw {report['read']}"
-    assert not report["wrote"] and not escaped, "the kernel wrote /var/tmp"
-    if backend_name == "user":
+    assert not escaped, f"the host's /var/tmp kept what the kernel wrote; flags: {flags}"
+    if backend_name == "bwrap":
+        assert not report["wrote"], "the kernel could write /var/tmp"
+    else:  # its own /var/tmp (a private tmpfs), or the host's, cleaned up and flagged
         assert report["uid"] >= KERNEL_UID, report
+        assert report["wrote"] or any("mount namespace" in f for f in flags), flags

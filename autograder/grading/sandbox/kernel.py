@@ -43,7 +43,10 @@ KERNEL_UID = BASE_UID + 500  # + slot: the kernels' uids, apart from the workers
 NO_NETWORK_MARK = "no-network-namespace"  # written by the launcher where unshare failed
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
 READ_ONLY_EXTRAS = ("/etc/fonts", "/var/cache/fontconfig")  # matplotlib's fonts
-CLONE_NEWNET = 0x40000000
+SHARED_TMP_MARK = "no-mount-namespace"  # written by the launcher where it got no private /tmp
+PRIVATE_TMP_MB = 256
+CLONE_NEWNET, CLONE_NEWNS = 0x40000000, 0x00020000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 
 _slots: set[int] = set()
 _slots_lock = threading.Lock()
@@ -70,6 +73,11 @@ class Kernel:
                 self.flags.append(
                     "no network namespace for the notebook kernel: the host refused one, so "
                     "the notebook could reach the network"
+                )
+            if (self.runtime / SHARED_TMP_MARK).exists():
+                self.flags.append(
+                    "no mount namespace for the notebook kernel: it shared /tmp, /var/tmp and "
+                    "/dev/shm with the host (what it left there was removed)"
                 )
         return self.flags
 
@@ -169,6 +177,27 @@ def _open_only(root: Path, targets: list[Path]) -> None:
                 os.chmod(entry, stat.S_IMODE(os.lstat(entry).st_mode) & ~0o077)
 
 
+def _private_tmp(libc: ctypes.CDLL, course_root: Path) -> bool:  # pragma: no cover - launcher
+    """A mount namespace with an empty size-capped tmpfs on each world-writable folder, the
+    course folder bound back in where it lies below one; False where the host refuses."""
+    if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
+        return False
+    keep = os.open(course_root, os.O_PATH)  # still the host's folder after /tmp is covered
+    options = f"size={PRIVATE_TMP_MB}m,mode=1777".encode()
+    for folder in WORLD_WRITABLE:
+        if os.path.isdir(folder) and libc.mount(
+            b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options
+        ):
+            return False
+        if course_root.is_relative_to(folder):
+            os.makedirs(course_root, mode=0o711, exist_ok=True)
+            source = f"/proc/self/fd/{keep}".encode()
+            if libc.mount(source, str(course_root).encode(), None, MS_BIND | MS_REC, None):
+                return False
+    os.close(keep)
+    return True
+
+
 def _launch(spec_text: str, argv: list[str]) -> None:  # pragma: no cover - runs as the kernel
     """As root: open the notebook's folder to the kernel's uid, then become it and exec."""
     spec = json.loads(spec_text)
@@ -183,6 +212,8 @@ def _launch(spec_text: str, argv: list[str]) -> None:  # pragma: no cover - runs
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
         (runtime / NO_NETWORK_MARK).touch()
+    if not _private_tmp(libc, Path(spec["root"])):
+        (runtime / SHARED_TMP_MARK).touch()
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
