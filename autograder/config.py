@@ -29,6 +29,7 @@ class Limits:
     submission_timeout_s: float = 900.0
     memory_mb: int = 6144
     max_processes: int = 64
+    disk_mb: int = 512  # the worker's writable space (scratch, /tmp, /dev/shm), each
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from autograder.grading import sandbox
 from autograder.grading.batch import grade_batch
 from autograder.grading.extensions import Extensions
 from autograder.grading.models import SuiteRun
-from autograder.grading.sandbox.limits import PidsCgroup
+from autograder.grading.sandbox.cgroup import WorkerCgroup
 from autograder.grading.scoring import score
 from autograder.grading.supervisor import Supervisor
 from tests.conftest import REPO
@@ -154,6 +154,7 @@ _bomb()
 REACH_COURSE = f"""
 import os as _os
 _REPO, _HIDDEN = {str(REPO)!r}, {str(REPO / "tests/hidden/normalizing_flows/test_maf.py")!r}
+_SUITES = {sorted(p.name for p in (REPO / "tests/hidden/normalizing_flows").glob("test_*.py"))!r}
 _leaks = []
 def _try(action):
     try:
@@ -174,7 +175,7 @@ for _pid in ["self", "1", str(_os.getppid())] + [p for p in _os.listdir("/proc")
         f"/proc/{{_pid}}/cwd") else _os.listdir("/nonexistent"))
 for _root, _dirs, _files in _os.walk("/"):
     _dirs[:] = [d for d in _dirs if d not in ("proc", "sys", "dev", "usr", "root")]
-    _leaks += [f.encode() for f in _files if f.startswith("test_") and f.endswith(".py")]
+    _leaks += [f.encode() for f in _files if f in _SUITES]  # a hidden suite's own file
 for _target in (_REPO + "/solutions/normalizing_flows/flows/maf.py", _REPO + "/pwned", {{OUT}}):
     try:
         open(_target, "w").write("pwned")
@@ -447,11 +448,11 @@ def fingerprint(*roots: Path) -> dict[str, str]:
 
 
 def _pids_cgroup_here() -> bool:
-    cgroup = PidsCgroup(8)
+    cgroup = WorkerCgroup(64, 1.0, 8)
     try:
-        return cgroup.path is not None
+        return "pids" in cgroup.folders
     finally:
-        cgroup.kill_all()
+        cgroup.remove()
 
 
 def processes_with(marker: str) -> list[str]:

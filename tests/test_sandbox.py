@@ -25,6 +25,7 @@ from autograder.config import PACKAGE, Limits
 from autograder.errors import AutograderError
 from autograder.grading import protocol, sandbox
 from autograder.grading.remote import Handle, Session
+from autograder.grading.sandbox.base import python_roots
 from autograder.grading.sandbox.limits import MAX_FILE_BYTES
 from tests.conftest import ASSIGNMENT, REPO, CliRunner
 
@@ -149,7 +150,9 @@ def test_host_files_are_invisible(peek: Handle, out_folder: Path, tmp_path: Path
     solution = REPO / "solutions" / ASSIGNMENT / PACKAGE / "maf.py"
     paths = [REPO, hidden, solution, out_folder, out_folder / "results.json", marker, "/root/.ssh"]
     assert peek.visible([str(p) for p in paths]) == [False] * len(paths)
-    assert peek.listing("/tmp") == [], "the host's /tmp must not show through"
+    # Only the way down to a Python install that lives under /tmp (a venv there) is seen.
+    installs = {r.relative_to("/tmp").parts[0] for r in python_roots() if r.is_relative_to("/tmp")}
+    assert peek.listing("/tmp") == sorted(installs), "the host's /tmp must not show through"
     assert peek.listing("/work") == ["submission", "tmp"], "only the scratch folder is writable"
     assert "main" not in peek.listing("/")  # the repository's folder name, from the root
 

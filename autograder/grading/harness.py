@@ -235,6 +235,7 @@ class HarnessPlugin:
     def _forget(self, session: Session | None) -> None:
         """Drop the test's objects in a worker (between tests, so nothing builds up)."""
         if session is not None and session.alive:
+            session.end_test()  # nothing a test's calls started outlives the test
             session.deadline = time.monotonic() + 30
             try:
                 session.request("forget", {}, label="cleaning up")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from autograder.config import PACKAGE, Limits
 from autograder.grading import protocol, recipes
 from autograder.grading.sandbox import Backend, WorkerSpec
 from autograder.grading.sandbox.base import make_runtime
+from autograder.grading.sandbox.limits import exit_reason
 
 STARTUP_TIMEOUT_S = 120.0  # a cold `import torch` on a loaded host takes seconds, not minutes
 MAX_LOG_KEPT = 20_000  # characters of the worker's output kept for staff
@@ -166,13 +166,18 @@ class Session:
     def stop(self) -> None:
         """Kill the worker and everything it started; remove its scratch folder."""
         self._pending = False
-        if self._process is not None:
-            self.backend.kill(self._process, self._spec)  # type: ignore[arg-type]
-            self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            self._check(process)  # the cgroup's counters, before the kill frees it
+            self.backend.kill(process, self._spec)  # type: ignore[arg-type]
         if self._fds is not None:
             for fd in self._fds:
                 os.close(fd)
             self._fds = None
+        if usage := getattr(process, "usage", ""):  # for the staff log, after its own output
+            self.log_tail(0)
+            with open(self.log_path, "a") as log:
+                log.write(f"\n[grader] worker {self.generation}: {usage}\n")
         if self._spec is not None:
             shutil.rmtree(self._spec.scratch, ignore_errors=True)
             self._spec = None
@@ -193,8 +198,18 @@ class Session:
     def check_limits(self) -> None:
         """Flag the limits the worker ran into (those the OS enforces silently, e.g. processes)."""
         if self._process is not None:
-            for text in self.backend.limits_hit(self._process):
-                self.flag(text)
+            self._check(self._process)
+
+    def _check(self, process: Any) -> None:
+        for text in self.backend.limits_hit(process):
+            self.flag(text)
+
+    def end_test(self) -> None:
+        """Kill what the test's calls started (every process of the worker's but itself)."""
+        if self._process is not None:
+            self.check_limits()
+            if killed := self.backend.end_test(self._process):
+                self.flag(f"{killed} process(es) left running by a test were killed")
 
     def flag(self, text: str) -> None:
         if text not in self.flags:
@@ -277,19 +292,7 @@ class Session:
             except Exception:  # noqa: BLE001 - still alive but closed its channel
                 code = None
         self.stop()
-        if code is None:
-            return "closed the grader's channel"
-        if code >= 0:
-            return f"exited (status {code})"
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        if -code == signal.SIGKILL:
-            return f"was killed ({name}; past the {self.limits.memory_mb} MB memory limit?)"
-        if -code == signal.SIGXCPU:
-            return "used up its CPU time (SIGXCPU)"
-        return f"crashed ({name})"
+        return exit_reason(code, self.backend.signal_status, self.limits, self.flags)
 
     def _reference(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, Handle):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder.config import Limits
+from autograder.grading.sandbox.cgroup import WorkerCgroup, worker_chain
+from autograder.grading.sandbox.space import is_full, mount_scratch, unmount
 
 # The worker's own code: copied next to the submission, since the sandbox cannot see the
 # course repository (where the ``autograder`` package lives).
@@ -39,11 +41,62 @@ class WorkerSpec:
         return self.scratch / "submission"
 
 
+class Containment:
+    """What holds one worker: its cgroup and whether its scratch folder is a capped tmpfs."""
+
+    def __init__(self, cgroup: WorkerCgroup, capped: bool, scratch: Path) -> None:
+        self.cgroup, self.capped, self.scratch = cgroup, capped, scratch
+        self.usage = ""
+        self.ram_dirs: tuple[str, ...] = ()  # the sandbox's own tmpfs folders (``/tmp``...)
+
+    def entering(self, then: Callable[[], None] | None) -> Callable[[], None]:
+        """``then`` preceded by joining the cgroup (as root, before any uid is dropped)."""
+
+        def setup() -> None:
+            self.cgroup.enter()
+            if then is not None:
+                then()
+
+        return setup
+
+    def limits_hit(self, pid: int) -> list[str]:
+        flags = self.cgroup.limits_hit()
+        worker = worker_chain(pid)[-1]  # inside bwrap's monitors: sees the sandbox's /tmp
+        folders = [str(self.scratch)] if self.capped else []
+        folders += [f"/proc/{worker}/root{d}" for d in self.ram_dirs]
+        if any(is_full(folder) for folder in folders):
+            flags.append("disk limit reached (its writable space is full)")
+        return flags + self.unenforced()
+
+    def unenforced(self) -> list[str]:
+        """What this host let no limit enforce (said in every result it grades)."""
+        missing = {
+            "memory": "no memory cgroup here: memory is capped per process, not per submission",
+            "cpu": "no cpu cgroup here: a submission's CPU share is not capped",
+            "pids": "no pids cgroup here: processes are capped per uid only",
+        }
+        flags = [missing[c] for c in self.cgroup.missing]
+        if not self.capped:
+            flags.append("scratch folder not capped here (no tmpfs mount): disk is unlimited")
+        return flags
+
+    def release(self, spec: WorkerSpec) -> None:
+        """Kill what is left, free the cgroup and the scratch filesystem."""
+        throttled = self.cgroup.throttled_s()
+        self.cgroup.remove()
+        if self.capped:
+            unmount(spec.scratch)
+            self.capped = False
+        peak = self.cgroup.peak / 2**20
+        self.usage = f"memory peak {peak:.0f} MB, CPU quota throttled {throttled:.1f} s"
+
+
 class Backend:
     """A way to start the worker; subclasses say how, and whether it works on this host."""
 
     name = "?"
     flags: tuple[str, ...] = ()  # what every result graded with this backend is flagged with
+    signal_status = False  # whether an exit status 128 + N means "killed by signal N"
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None when it can."""
@@ -54,18 +107,34 @@ class Backend:
         raise NotImplementedError
 
     def kill(self, process: subprocess.Popen, spec: WorkerSpec) -> None:
-        """Kill the worker and every process it started, then reap it."""
+        """Kill the worker and every process it started, then reap it; free its cgroup and
+        its scratch filesystem (a summary of what it used is left in ``process.usage``)."""
         from autograder.grading.sandbox.limits import kill_session
 
         kill_session(process)
+        box: Containment | None = getattr(process, "box", None)
+        if box is not None:
+            box.release(spec)
+            process.usage = box.usage  # type: ignore[attr-defined]
+
+    def contain(self, spec: WorkerSpec) -> Containment:
+        """The worker's cgroup and capped scratch folder, made before it starts."""
+        cpus = float(max(1, spec.threads))  # one CPU per job slot (per thread it may use)
+        cgroup = WorkerCgroup(spec.limits.memory_mb, cpus, spec.limits.max_processes)
+        return Containment(cgroup, mount_scratch(spec.scratch, spec.limits.disk_mb), spec.scratch)
 
     def start_directly(
-        self, spec: WorkerSpec, then: Callable[[], None] | None = None
+        self,
+        spec: WorkerSpec,
+        then: Callable[[], None] | None = None,
+        box: Containment | None = None,
     ) -> subprocess.Popen:
         """The worker as a child of this process (no mount namespace), in its own session,
-        with the limits applied and ``then`` run between fork and exec (e.g. dropping to a uid)."""
+        with the limits applied, in ``box``'s cgroup, and ``then`` run between fork and exec
+        (e.g. dropping to a uid)."""
         from autograder.grading.sandbox.limits import preexec
 
+        box = box or self.contain(spec)
         env = {
             "HOME": str(spec.scratch),
             "TMPDIR": str(spec.scratch / "tmp"),
@@ -74,7 +143,7 @@ class Backend:
             "AUTOGRADER_SANDBOX": self.name,
             **spec.env,
         }
-        return subprocess.Popen(
+        process = subprocess.Popen(
             self.worker_argv(spec, str(spec.runtime), str(spec.submission)),
             cwd=spec.scratch,
             env=env,
@@ -83,12 +152,22 @@ class Backend:
             stderr=spec.log,
             pass_fds=(spec.requests, spec.replies),
             start_new_session=True,
-            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=then),
+            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=box.entering(then)),
         )
+        process.box = box  # type: ignore[attr-defined]
+        return process
 
     def limits_hit(self, process: subprocess.Popen) -> list[str]:
         """Flags for limits the running worker ran into that it could not report itself."""
-        return []
+        box: Containment | None = getattr(process, "box", None)
+        return [] if box is None else box.limits_hit(process.pid)
+
+    def end_test(self, process: subprocess.Popen) -> int:
+        """Kill what the test's calls started, all but the worker; how many were killed."""
+        box: Containment | None = getattr(process, "box", None)
+        if box is None or not box.cgroup.folders:
+            return 0
+        return box.cgroup.kill(keep=set(worker_chain(process.pid)))
 
     def reap(self, slot: int) -> None:
         """After a harness died or was killed: end what its worker in ``slot`` may have left.
@@ -129,10 +208,46 @@ def python_roots() -> list[Path]:
         sysconfig.get_paths()["platstdlib"],
         sysconfig.get_paths()["purelib"],
         sysconfig.get_paths()["platlib"],
-        os.path.dirname(os.path.realpath(sys.executable)),
+        *interpreter_links(sys.executable, sys.prefix),
     }
     roots: list[Path] = []
     for path in sorted(Path(p).resolve() for p in paths if p and os.path.isdir(p)):
         if not any(path.is_relative_to(root) for root in roots):
             roots.append(path)
     return roots
+
+
+def interpreter_links(executable: str, prefix: str) -> set[str]:
+    """Folders the interpreter is reached through: each hop of ``executable``'s symlinks
+    and each venv's ``home`` down to the base install (a venv made by another venv's python
+    links to that venv's ``bin/``, which links on to the base)."""
+    folders: set[str] = set()
+    pending = [executable]
+    while prefix and os.path.isfile(os.path.join(prefix, "pyvenv.cfg")) and len(folders) < 64:
+        home = _venv_home(os.path.join(prefix, "pyvenv.cfg"))
+        if not home or home in folders:
+            break
+        folders.add(home)
+        pending += [os.path.join(home, name) for name in ("python3", "python")]
+        prefix = os.path.dirname(home)
+    for path in pending:
+        for _ in range(40):  # a symlink loop ends here
+            if not os.path.exists(path):
+                break
+            folders.add(os.path.dirname(os.path.abspath(path)))
+            if not os.path.islink(path):
+                break
+            path = os.path.join(os.path.dirname(path), os.readlink(path))
+    return folders
+
+
+def _venv_home(config: str) -> str:
+    try:
+        with open(config) as handle:
+            for line in handle:
+                key, _, value = line.partition("=")
+                if key.strip() == "home":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""

@@ -20,12 +20,19 @@ import sysconfig
 from pathlib import Path
 
 from autograder.grading.sandbox.base import Backend, WorkerSpec, python_roots
-from autograder.grading.sandbox.limits import PidsCgroup, kill_session, preexec
+from autograder.grading.sandbox.limits import preexec
 
 SANDBOX_UID = 65534
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 # Files of /etc that the dynamic loader, numpy/torch and matplotlib read; nothing with secrets.
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf")
+FONT_DIRS = ("/etc/fonts", "/var/cache/fontconfig")  # fontconfig's setup, for matplotlib
+RAM_DIRS = ("/tmp", "/dev/shm")  # tmpfs of the sandbox's own, each of ``disk_mb``
+
+
+def font_binds() -> list[tuple[str, str, bool]]:
+    """Read-only binds (``wrap``'s ``binds``) of the fontconfig folders this host has."""
+    return [(path, path, False) for path in FONT_DIRS if os.path.isdir(path)]
 
 
 def bwrap_binary() -> str | None:
@@ -40,6 +47,7 @@ def bwrap_binary() -> str | None:
 
 class BubblewrapBackend(Backend):
     name = "bwrap"
+    signal_status = True  # bwrap exits with 128 + N when its child is killed by signal N
 
     def __init__(self) -> None:
         self.binary = bwrap_binary()
@@ -59,8 +67,10 @@ class BubblewrapBackend(Backend):
         chdir: str,
         env: dict[str, str],
         gpu: bool = False,
+        ram_mb: int = 512,
     ) -> list[str]:
-        """``argv`` run in the sandbox; ``binds``: ``(host path, path inside, writable)``."""
+        """``argv`` run in the sandbox; ``binds``: ``(host path, path inside, writable)``;
+        ``/tmp`` and ``/dev/shm`` are tmpfs of ``ram_mb`` each."""
         assert self.binary is not None
         args = [
             self.binary,
@@ -73,8 +83,9 @@ class BubblewrapBackend(Backend):
             "--clearenv",
             "--proc", "/proc",
             "--dev", "/dev",
-            "--tmpfs", "/tmp",
         ]  # fmt: skip
+        for path in RAM_DIRS:
+            args += ["--size", str(ram_mb * 1024 * 1024), "--tmpfs", path]
         for path in SYSTEM_DIRS:
             if os.path.islink(path):
                 args += ["--symlink", os.readlink(path), path]
@@ -104,14 +115,20 @@ class BubblewrapBackend(Backend):
         env = {"HOME": "/work", "TMPDIR": "/work/tmp", "MPLCONFIGDIR": "/work/tmp", **spec.env}
         return self.wrap(
             self.worker_argv(spec, "/grader", "/work/submission"),
-            binds=[(str(spec.runtime), "/grader", False), (str(spec.scratch), "/work", True)],
+            binds=[
+                (str(spec.runtime), "/grader", False),
+                (str(spec.scratch), "/work", True),
+                *font_binds(),
+            ],
             chdir="/work",
             env=env,
             gpu=spec.gpu,
+            ram_mb=spec.limits.disk_mb,
         )
 
     def start(self, spec: WorkerSpec) -> subprocess.Popen:
-        cgroup = PidsCgroup(spec.limits.max_processes)
+        box = self.contain(spec)  # the scratch folder's mount first: bwrap binds it
+        box.ram_dirs = RAM_DIRS
         spec.env.setdefault("AUTOGRADER_SANDBOX", self.name)
         process = subprocess.Popen(
             self.command(spec),
@@ -120,22 +137,10 @@ class BubblewrapBackend(Backend):
             stderr=spec.log,
             pass_fds=(spec.requests, spec.replies),
             start_new_session=True,
-            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=cgroup.enter),
+            preexec_fn=preexec(spec.limits, gpu=spec.gpu, then=box.entering(None)),
         )
-        process.cgroup = cgroup  # type: ignore[attr-defined]
+        process.box = box  # type: ignore[attr-defined]
         return process
-
-    def limits_hit(self, process: subprocess.Popen) -> list[str]:
-        cgroup = getattr(process, "cgroup", None)
-        if cgroup is None or not cgroup.refusals():
-            return []
-        return [f"process limit reached ({cgroup.max_pids} processes and threads)"]
-
-    def kill(self, process: subprocess.Popen, spec: WorkerSpec) -> None:
-        kill_session(process)
-        cgroup = getattr(process, "cgroup", None)
-        if cgroup is not None:
-            cgroup.kill_all()
 
 
 @functools.cache

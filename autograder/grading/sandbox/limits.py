@@ -5,8 +5,8 @@
   stdout costs the log nothing: the write fails, and only the test that printed fails), CPU
   seconds (a backstop to the harness's wall clock), open files and core dumps; processes too,
   which the kernel enforces for any uid but root's;
-- a cgroup ``pids`` cap where this host lets us create one (root with cgroup v1 or v2): the
-  number of processes and threads under the worker, whoever's uid they map to;
+- the worker's cgroup (:mod:`.cgroup`: memory, CPU and processes of its whole tree) where this
+  host lets us create one, joined in the same child before exec;
 - a new session, so that killing the session's process group reaches what is left of it.
 """
 
@@ -17,16 +17,13 @@ import os
 import resource
 import signal
 import subprocess
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from autograder.config import Limits
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # one file written by the worker, its log included
 MAX_OPEN_FILES = 1024
 PR_SET_PDEATHSIG = 1
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 
 
 def rlimits(limits: Limits, *, gpu: bool = False) -> list[tuple[int, int]]:
@@ -75,73 +72,24 @@ def kill_session(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-class PidsCgroup:
-    """A cgroup with ``pids.max``: caps processes + threads under the worker, for any uid.
-
-    ``path`` is None where cgroups cannot be created here (not root, read-only hierarchy);
-    the backends then rely on ``RLIMIT_NPROC`` and say so in their flags.
-    """
-
-    def __init__(self, max_pids: int) -> None:
-        self.max_pids = max_pids
-        self.path: Path | None = None
-        if os.geteuid() != 0:
-            return
-        for root in CGROUP_ROOTS:
-            if (root / "cgroup.procs").exists() and _has_pids(root):
-                candidate = root / f"autograder-{uuid.uuid4().hex[:12]}"
-                try:
-                    candidate.mkdir()
-                    (candidate / "pids.max").write_text(str(max_pids))
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        candidate.rmdir()
-                    continue
-                self.path = candidate
-                return
-
-    def enter(self) -> None:
-        """Called in the child before exec: move this process into the cgroup."""
-        if self.path is not None:
-            with open(self.path / "cgroup.procs", "w") as handle:
-                handle.write(str(os.getpid()))
-
-    def refusals(self) -> int:
-        """How many times a fork or thread was refused for ``pids.max`` (0 without a cgroup)."""
-        if self.path is None:
-            return 0
-        try:
-            fields = (self.path / "pids.events").read_text().split()
-        except OSError:
-            return 0
-        return int(fields[1]) if len(fields) >= 2 and fields[0] == "max" else 0
-
-    def kill_all(self) -> None:
-        """SIGKILL every process still in the cgroup, then remove it."""
-        if self.path is None:
-            return
-        for _ in range(50):
-            try:
-                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-            except OSError:
-                break
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            import time
-
-            time.sleep(0.02)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
-        self.path = None
-
-
-def _has_pids(root: Path) -> bool:
-    if root.name == "pids":
-        return True
+def exit_reason(code: int | None, signal_status: bool, limits: Limits, flags: list[str]) -> str:
+    """How the worker ended, for the feedback: ``code`` is its exit status (negative: the
+    signal that killed it; ``signal_status``: 128 + N also means signal N, as bwrap reports
+    its child's), ``flags`` what the grader saw (a cgroup's out-of-memory kill)."""
+    if code is None:
+        return "closed the grader's channel"
+    if signal_status and 128 < code < 128 + 65:
+        code = 128 - code
+    if code >= 0:
+        return f"exited (status {code})"
     try:
-        return "pids" in (root / "cgroup.controllers").read_text().split()
-    except OSError:
-        return False
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        if any(flag.startswith("memory limit reached") for flag in flags):
+            return f"was killed ({name}: memory limit reached, {limits.memory_mb} MB)"
+        return f"was killed ({name}; past the {limits.memory_mb} MB memory limit?)"
+    if -code == signal.SIGXCPU:
+        return "used up its CPU time (SIGXCPU)"
+    return f"crashed ({name})"

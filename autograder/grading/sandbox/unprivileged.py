@@ -20,10 +20,13 @@ from pathlib import Path
 
 from autograder.errors import AutograderError
 from autograder.grading.sandbox.base import Backend, WorkerSpec, python_roots
-from autograder.grading.sandbox.limits import kill_session
+from autograder.grading.sandbox.space import INODES_PER_MB
 
 BASE_UID = 64000  # uids 64000.. are free on Debian/Ubuntu (reserved for local use)
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 0x4000, 1 << 18
+RAM_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
 
 
 class UserBackend(Backend):
@@ -47,22 +50,40 @@ class UserBackend(Backend):
                 "is closed to other users; set TMPDIR to a folder with mode 711 or 1777)"
             )
         uid = BASE_UID + spec.slot
+        box = self.contain(spec)  # mounts the capped scratch folder: owned after
         _own(spec.scratch, uid)
         self.kill_user(uid)  # nothing of an earlier submission in this slot survives
+
+        # Its own /tmp, /dev/shm, /var/tmp: capped tmpfs in a mount namespace of its own; its
+        # scratch and runtime folders (under the host's /tmp, often) are bound back in place.
+        ram = tuple(d for d in RAM_DIRS if os.path.isdir(d))
+        box.ram_dirs = ram
+        keep = [str(spec.scratch), str(spec.runtime)]
+        mb = spec.limits.disk_mb
+        options = f"size={mb}m,nr_inodes={mb * INODES_PER_MB},mode=1777".encode()
 
         def drop() -> None:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.unshare(CLONE_NEWNET)  # best effort: no network where the kernel allows it
+            if libc.unshare(CLONE_NEWNS) == 0:
+                libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+                held = [os.open(path, os.O_PATH) for path in keep]
+                for folder in ram:
+                    libc.mount(b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options)
+                for path, fd in zip(keep, held, strict=True):
+                    os.makedirs(path, exist_ok=True)
+                    libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND, None)
+                    os.close(fd)
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
 
-        process = self.start_directly(spec, then=drop)
+        process = self.start_directly(spec, then=drop, box=box)
         process.uid = uid  # type: ignore[attr-defined]
         return process
 
     def kill(self, process: subprocess.Popen, spec: WorkerSpec) -> None:
-        kill_session(process)
+        super().kill(process, spec)
         self.kill_user(getattr(process, "uid", BASE_UID + spec.slot))
 
     def reap(self, slot: int) -> None:

@@ -1,0 +1,203 @@
+"""Per-submission containment (issue 14), graded through the real grader under ``bwrap`` and
+``user``: memory of a whole process tree, RAM-backed files, disk and inodes, CPU hogs beside a
+correct neighbour, and a process left running from one test into the next.
+
+Each attack is the reference's ``composition.py`` with code appended that runs at import, in
+the worker. One ``autograder grade --jobs 2 --part composition`` batch per backend grades them
+all beside the reference (the neighbour), from a host laid out as Gradescope's ``setup.sh`` does
+(:mod:`tests.user_host`: a closed course copy, an open Python install) with small limits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from autograder.config import PACKAGE
+from autograder.errors import AutograderError
+from autograder.grading import sandbox
+from tests import user_host
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+MEMORY_MB, DISK_MB = 1536, 128
+LIMITS = {"memory_mb": MEMORY_MB, "disk_mb": DISK_MB, "max_processes": 128, "test_timeout_s": 40}
+MARK = f"contained-{uuid.uuid4().hex[:12]}"  # in the command line of every spawned process
+FULL = 10.0  # composition's points
+REFERENCE = REPO / "solutions" / "normalizing_flows" / PACKAGE
+
+FORKED_MEMORY = """
+import os as _os, time as _time
+for _ in range(6):  # 6 x 400 MB together, each child under the per-process address-space cap
+    if _os.fork() == 0:
+        try:
+            _b = bytearray(400 * 2**20)
+            for _i in range(0, len(_b), 4096):
+                _b[_i] = 1
+            _time.sleep(300)
+        finally:
+            _os._exit(0)
+"""
+RAM_FILES = """
+import os as _os
+for _folder in ("/tmp", "/dev/shm"):
+    for _n in range(64):  # 64 files of 32 MB each, per folder: 2 GB, past memory_mb
+        try:
+            with open(_os.path.join(_folder, f"fill{_n}"), "wb") as _f:
+                _f.write(b"x" * (32 * 2**20))
+        except OSError:
+            break
+"""
+DISK_FILLER = """
+import os as _os
+for _n in range(40):  # 40 files of 50 MB in the scratch folder
+    try:
+        with open(f"fill{_n}", "wb") as _f:
+            _f.write(b"x" * (50 * 2**20))
+    except OSError:
+        break
+"""
+INODE_FILLER = """
+import os as _os
+_os.makedirs("many", exist_ok=True)
+for _n in range(100_000):
+    try:
+        open(f"many/{_n}", "w").close()
+    except OSError:
+        break
+"""
+CPU_HOGS = f"""
+import subprocess as _sp, sys as _sys
+_hogs = []
+def _keep_hogging():  # 45 busy loops, each in a session of its own, renewed by every call
+    global _hogs
+    _hogs = [h for h in _hogs if h.poll() is None]
+    while len(_hogs) < 45:
+        _hogs.append(_sp.Popen([_sys.executable, "-c", "while True: pass", {MARK!r} + "-hog"],
+                               start_new_session=True))
+_keep_hogging()
+_forward = Sequential.forward
+def _hogging_forward(self, z):
+    _keep_hogging()
+    return _forward(self, z)
+Sequential.forward = _hogging_forward
+"""
+LEFT_RUNNING = f"""
+import subprocess as _sp, sys as _sys
+_sp.Popen([_sys.executable, "-c", "import time; time.sleep(600)", {MARK!r} + "-left"],
+          start_new_session=True)
+"""
+
+
+@dataclass(frozen=True)
+class Attack:
+    code: str
+    flag: str  # a fragment of the flag that names the limit
+
+
+ATTACKS = {
+    "forked_memory": Attack(FORKED_MEMORY, "memory limit reached"),
+    "ram_files": Attack(RAM_FILES, "disk limit reached"),
+    "disk_filler": Attack(DISK_FILLER, "disk limit reached"),
+    "inode_filler": Attack(INODE_FILLER, "disk limit reached"),
+    "cpu_hogs": Attack(CPU_HOGS, "left running by a test were killed"),
+    "left_running": Attack(LEFT_RUNNING, "left running by a test were killed"),
+}
+BACKENDS = ("bwrap", "user")
+
+
+@dataclass
+class Batch:
+    out: Path
+    before: list[str]  # what the layout's root held before grading
+    after: list[str]
+    watched: tuple[dict[str, str], dict[str, str]]  # course files before, after
+    stdout: str
+
+    def results(self, name: str) -> dict:
+        return json.loads((self.out / name / "results.json").read_text())
+
+    def grading(self, name: str) -> dict:
+        return json.loads((self.out / name / "grading.json").read_text())
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p): str(p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def batch(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Batch:
+    problem = user_host.unavailable()
+    if problem is not None:
+        pytest.skip(problem)
+    if request.param == "bwrap":
+        try:
+            sandbox.choose("bwrap")
+        except AutograderError as exc:
+            pytest.skip(f"bubblewrap cannot run here: {exc}")
+    with user_host.user_host() as host:
+        host.set_limits(**LIMITS)
+        subs = host.root / "subs"
+        order = ["cpu_hogs", "neighbour", *(n for n in ATTACKS if n != "cpu_hogs")]
+        for name in order:
+            shutil.copytree(REFERENCE, subs / name / PACKAGE)
+            if name in ATTACKS:
+                with open(subs / name / PACKAGE / "composition.py", "a") as handle:
+                    handle.write("\n" + ATTACKS[name].code)
+        out = host.root / "out"
+        watched = host.course / "tests" / "hidden"
+        before, course_before = sorted(p.name for p in host.root.iterdir()), _files(watched)
+        done = host.run(
+            "grade", "normalizing_flows", *(str(subs / n) for n in order),
+            "--out", str(out), "--jobs", "2", "--part", "composition",
+            "--sandbox", request.param,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        after = sorted(p.name for p in host.root.iterdir())
+        kept = tmp_path_factory.mktemp(f"out-{request.param}")
+        shutil.copytree(out, kept, dirs_exist_ok=True)
+        yield Batch(kept, before, after, (course_before, _files(watched)), done.stdout)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_earns_what_its_code_earns_and_is_flagged(batch: Batch, name: str) -> None:
+    results = batch.results(name)
+    flags = batch.grading(name)["run"]["flags"] if "run" in batch.grading(name) else []
+    text = json.dumps(batch.grading(name))
+    assert results["score"] == FULL, f"{name}: the reference's code earns full marks"
+    assert ATTACKS[name].flag in text, f"{name}: no flag naming the limit in {flags}"
+
+
+def test_neighbour_earns_full_marks_unflagged(batch: Batch) -> None:
+    assert batch.results("neighbour")["score"] == FULL
+    assert "limit reached" not in json.dumps(batch.grading("neighbour"))
+
+
+def test_every_worker_stayed_under_its_memory_limit(batch: Batch) -> None:
+    peaks = []
+    for name in ["neighbour", *ATTACKS]:
+        text = json.dumps(batch.grading(name))
+        peaks += [float(p) for p in re.findall(r"memory peak (\d+) MB", text)]
+    assert peaks, "the staff log reports each worker's peak"
+    assert max(peaks) <= MEMORY_MB
+
+
+def test_nothing_written_outside_the_scratch_folders(batch: Batch) -> None:
+    assert batch.after == sorted({*batch.before, "out", "subs"} - {"out"} | {"out"})
+    assert batch.watched[0] == batch.watched[1]
+    assert sorted(p.name for p in batch.out.iterdir()) == sorted(
+        [*ATTACKS, "neighbour", *(p.name for p in batch.out.iterdir() if p.is_file())]
+    )
+
+
+def test_no_spawned_process_survives(batch: Batch) -> None:
+    from tests.test_hostile import processes_with
+
+    assert processes_with(MARK) == []
