@@ -249,8 +249,9 @@ def test_notebook_kernel_runs_under_the_batchs_backend(
     course: Course, assignment: Assignment, submission: Path, tmp_path: Path, backend_name: str
 ) -> None:
     """A notebook cell that looks for the course's files and writes ``/var/tmp``: under bwrap
-    and under the dedicated user it sees none of them and writes nothing outside its folder;
-    under ``none`` it is flagged; matplotlib renders without a Fontconfig error everywhere."""
+    it sees none of them and writes nothing outside its folder; under ``none`` it is flagged;
+    matplotlib renders without a Fontconfig error. ``user`` runs here where this very host is
+    laid out for it (else skipped; the next test lays one out)."""
     from autograder.grading.notebook_stage import autograde
     from autograder.grading.sandbox.kernel import KERNEL_UID
     from autograder.grading.unpack import collect_submission
@@ -301,3 +302,58 @@ def test_notebook_kernel_runs_under_the_batchs_backend(
     else:  # its own /var/tmp (a private tmpfs), or the host's, cleaned up and flagged
         assert report["uid"] >= KERNEL_UID, report
         assert report["wrote"] or any("mount namespace" in f for f in flags), flags
+
+
+def graded_exists(db: Path) -> list[str]:
+    return [str(p) for p in db.rglob("*.ipynb")]
+
+
+def _probe_report(notebook: Path) -> tuple[dict, str]:
+    """What the probe cell printed, and every output's text (for Fontconfig errors)."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    printed = "".join(o.get("text", "") for o in cells[0].get("outputs", []))
+    assert "PROBE " in printed, cells[0].get("outputs")
+    everything = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+    return json.loads(printed.split("PROBE ", 1)[1].splitlines()[0]), everything
+
+
+@pytest.mark.slow
+def test_notebook_kernel_runs_as_the_dedicated_user(
+    assignment: Assignment, submission: Path, tmp_path: Path
+) -> None:
+    """``autograder grade --sandbox user`` on a host laid out as Gradescope's (the course
+    closed to others, the Python install open): the kernel runs as a dedicated uid, sees none
+    of the course's files, leaves nothing in the host's ``/var/tmp``, and finds its fonts."""
+    hosts = pytest.importorskip("tests.user_host")
+    from autograder.grading.sandbox.kernel import KERNEL_UID
+
+    if hosts.unavailable():
+        pytest.skip(hosts.unavailable())
+    marker = f"autograder-probe-{os.getpid()}-user"
+    with hosts.user_host() as host:
+        secrets = [str(host.course / p) for p in ("course.yml", "tests/hidden", "solutions")]
+        nb = nbformat.read(submission / "explore.ipynb", as_version=4)
+        probe = KERNEL_PROBE % {"secrets": secrets, "marker": marker}
+        nb.cells.insert(0, nbformat.v4.new_code_cell(probe))
+        nbformat.write(nb, submission / "explore.ipynb")
+        out, db = host.root / "out", host.root / "db"
+        db.mkdir()
+        try:
+            done = host.run(
+                "grade", ASSIGNMENT, str(submission), "--out", str(out), "--sandbox", "user",
+                "--part", "notebook", "--db", f"sqlite:///{db / 'gradebook.db'}",
+            )  # fmt: skip
+            escaped = Path("/var/tmp", marker).exists()
+        finally:
+            Path("/var/tmp", marker).unlink(missing_ok=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results = json.loads((out / submission.name / "results.json").read_text())
+        assert graded_exists(db), (json.dumps(results)[:3000], done.stderr[-2000:])
+        graded = db / "nbgrader" / "autograded" / submission.name / ASSIGNMENT / "explore.ipynb"
+        report, everything = _probe_report(graded)
+    flags = results["extra_data"]["flags"]
+    assert report["uid"] >= KERNEL_UID, report
+    assert report["read"] == [], f"the kernel saw {report['read']}"
+    assert not escaped, f"the host's /var/tmp kept what the kernel wrote; flags: {flags}"
+    assert "Fontconfig error" not in everything
+    assert "no-sandbox" not in flags

@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder.grading.sandbox.base import Backend
+from autograder.grading.sandbox.base import Backend, python_roots
 from autograder.grading.sandbox.bwrap import BubblewrapBackend
 from autograder.grading.sandbox.unprivileged import BASE_UID, UserBackend
 
@@ -177,24 +177,32 @@ def _open_only(root: Path, targets: list[Path]) -> None:
                 os.chmod(entry, stat.S_IMODE(os.lstat(entry).st_mode) & ~0o077)
 
 
-def _private_tmp(libc: ctypes.CDLL, course_root: Path) -> bool:  # pragma: no cover - launcher
-    """A mount namespace with an empty size-capped tmpfs on each world-writable folder, the
-    course folder bound back in where it lies below one; False where the host refuses."""
+def _private_tmp(libc: ctypes.CDLL, keep: list[Path]) -> bool:  # pragma: no cover - launcher
+    """A mount namespace with an empty size-capped tmpfs on each world-writable folder, and the
+    folders in ``keep`` (the course folder, the Python install) bound back in where they lie
+    below one; False where the host refuses."""
     if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
         return False
-    keep = os.open(course_root, os.O_PATH)  # still the host's folder after /tmp is covered
+    handles = {path: os.open(path, os.O_PATH) for path in keep}  # the host's, once covered
     options = f"size={PRIVATE_TMP_MB}m,mode=1777".encode()
-    for folder in WORLD_WRITABLE:
-        if os.path.isdir(folder) and libc.mount(
-            b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options
-        ):
-            return False
-        if course_root.is_relative_to(folder):
-            os.makedirs(course_root, mode=0o711, exist_ok=True)
-            source = f"/proc/self/fd/{keep}".encode()
-            if libc.mount(source, str(course_root).encode(), None, MS_BIND | MS_REC, None):
+    try:
+        for folder in WORLD_WRITABLE:
+            if os.path.isdir(folder) and libc.mount(
+                b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options
+            ):
                 return False
-    os.close(keep)
+            for path, fd in handles.items():
+                if path.is_relative_to(folder):
+                    for step in [*reversed(path.parents), path]:  # passable, whatever the umask
+                        if step.is_relative_to(folder) and step != Path(folder):
+                            step.mkdir(exist_ok=True)
+                            step.chmod(0o711)
+                    source = f"/proc/self/fd/{fd}".encode()
+                    if libc.mount(source, str(path).encode(), None, MS_BIND | MS_REC, None):
+                        return False
+    finally:
+        for fd in handles.values():
+            os.close(fd)
     return True
 
 
@@ -212,7 +220,7 @@ def _launch(spec_text: str, argv: list[str]) -> None:  # pragma: no cover - runs
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
         (runtime / NO_NETWORK_MARK).touch()
-    if not _private_tmp(libc, Path(spec["root"])):
+    if not _private_tmp(libc, [Path(spec["root"]), *python_roots()]):
         (runtime / SHARED_TMP_MARK).touch()
     os.setgroups([])
     os.setresgid(uid, uid, uid)
