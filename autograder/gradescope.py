@@ -153,7 +153,11 @@ NEEDED_CPUS = "1.0"
 MEASURED = (
     "| container limits | result | peak memory (cgroup) | wall time |\n"
     "| --- | --- | --- | --- |\n"
-    "| 768 MB, 0.5 CPU (Gradescope's default) | (to be measured) | | |\n"
+    "| 768 MB, 0.5 CPU (Gradescope's default) | killed for memory: 0, "
+    "`grader error: out of memory` | 768 MB | 10 s |\n"
+    "| 1.5 GB, 0.5 CPU | full marks (106 of 110, the written answers pending) | 1474 MB | 287 s |\n"
+    "| 1.5 GB, 1 CPU | full marks | 1348 MB | 66 s |\n"
+    "| 3 GB, 1 CPU | full marks | 1362 MB | 66 s |\n"
 )
 
 ZIP_README = """\
@@ -168,9 +172,11 @@ submission with the course's hidden suites and writes `/autograder/results/resul
 Gradescope's defaults (768 MB of memory, half a CPU, a 10-minute timeout) are too small for this
 grader: it runs three Python processes that each import torch (the harness with the hidden
 suites, the sandboxed worker that runs the student's code, and the notebook's kernel). In the
-assignment's **Autograder Settings** choose at least **{memory} of memory** and **{cpus} CPU**,
-and a timeout of at least **{timeout} minutes**. Measured (`benchmarks/gradescope_limits.py`,
-the reference with its solved notebook, the limits emulated with a cgroup):
+assignment's **Autograder Settings** choose **{memory} of memory** and **{cpus} CPU** (1.5 GB
+fits a correct submission with little to spare), and a timeout of at least **{timeout} minutes**
+(the grader's own bounds: the hidden suites and the notebook, each `submission_timeout_s`).
+Measured (`benchmarks/gradescope_limits.py`, the reference with its solved notebook, the limits
+emulated with a cgroup):
 
 {measured}
 A run that is killed (for memory, or by the timeout) still leaves a `results.json` that says so,
