@@ -24,12 +24,16 @@ import torch
 from autograder.config import PACKAGE, Limits
 from autograder.errors import AutograderError
 from autograder.grading import protocol, sandbox
-from autograder.grading.remote import Handle, Session
+from autograder.grading.remote import Handle, Session, WorkerCrashed
 from autograder.grading.sandbox.base import python_roots
+from autograder.grading.sandbox.cgroup import worker_chain
 from autograder.grading.sandbox.limits import MAX_FILE_BYTES
+from autograder.grading.sandbox.space import INODES_PER_MB
 from tests.conftest import ASSIGNMENT, REPO, CliRunner
 
-LIMITS = Limits(test_timeout_s=60, submission_timeout_s=120, memory_mb=3072, max_processes=32)
+LIMITS = Limits(
+    test_timeout_s=60, submission_timeout_s=120, memory_mb=3072, max_processes=32, disk_mb=48
+)
 NOBODY = 65534
 ENV_SECRET = "AUTOGRADER_TEST_HOST_SECRET"
 
@@ -78,6 +82,43 @@ def write(path):
 
 def environment():
     return dict(os.environ)
+
+def space(path):
+    stat = os.statvfs(path)
+    return [stat.f_blocks * stat.f_frsize, stat.f_files]
+
+def fill(path, mb):
+    import errno
+    written = 0
+    try:
+        with open(path, "wb") as handle:
+            for _ in range(mb):
+                handle.write(b"x" * 2**20)
+                handle.flush()
+                written += 1
+    except OSError as exc:
+        return [errno.errorcode[exc.errno], written]
+    finally:
+        os.remove(path)
+    return ["written", written]
+
+def spawn():
+    import subprocess, sys
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                            start_new_session=True).pid
+
+def alive(pid):  # a killed child is a zombie until the worker reaps it (here)
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if state == "Z":
+        os.waitpid(pid, 0)
+    return state != "Z"
+
+def segfault():
+    import signal
+    os.kill(os.getpid(), signal.SIGSEGV)
 
 class LyingTensor(torch.Tensor):
     @classmethod
@@ -137,6 +178,57 @@ def peek(bwrap: sandbox.Backend, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 # -- the sandbox, seen from inside ------------------------------------------------------------
+
+
+def test_worker_is_in_its_cgroup(peek: Handle) -> None:
+    session = peek._session
+    box = session._process.box  # type: ignore[union-attr]
+    if box.cgroup.missing:
+        pytest.skip(f"no {box.cgroup.missing} cgroup on this host")
+    chain = worker_chain(session._process.pid)  # type: ignore[union-attr]
+    assert len(chain) == 3 and set(chain) <= set(box.cgroup.pids()), "bwrap, its init, worker"
+    memory = box.cgroup.folders["memory"]
+    limit = next(
+        memory / f for f in ("memory.limit_in_bytes", "memory.max") if (memory / f).exists()
+    )
+    assert int(limit.read_text()) == LIMITS.memory_mb * 2**20
+    cpu = box.cgroup.folders["cpu"]
+    quota = (cpu / "cpu.cfs_quota_us").read_text() if (cpu / "cpu.cfs_quota_us").exists() else ""
+    quota = quota or (cpu / "cpu.max").read_text().split()[0]
+    assert int(quota) == 100_000, "one CPU per job slot (one thread)"
+
+
+@pytest.mark.parametrize("folder", ["/tmp", "/dev/shm", "/work"])
+def test_writable_space_is_capped(peek: Handle, folder: str) -> None:
+    size, inodes = peek.space(folder)
+    assert size == LIMITS.disk_mb * 2**20
+    if folder == "/work":
+        assert inodes == LIMITS.disk_mb * INODES_PER_MB
+    error, written = peek.fill(f"{folder}/filler", LIMITS.disk_mb + 8)
+    assert error == "ENOSPC" and LIMITS.disk_mb - 2 <= written <= LIMITS.disk_mb, written
+
+
+def test_fonts_are_visible(peek: Handle) -> None:
+    expected = [os.path.exists("/etc/fonts/fonts.conf")]
+    assert peek.visible(["/etc/fonts/fonts.conf"]) == expected
+
+
+def test_a_process_left_by_a_test_is_killed_before_the_next(peek: Handle) -> None:
+    child = peek.spawn()
+    assert peek.alive(child)
+    peek._session.end_test()
+    assert not peek.alive(child)
+    assert any("left running by a test were killed" in f for f in peek._session.flags)
+    assert peek.ids() == [NOBODY, NOBODY, NOBODY], "the worker itself lives on"
+
+
+def test_a_segfault_is_named(bwrap: sandbox.Backend, tmp_path: Path) -> None:
+    session = Session(bwrap, _workspace(tmp_path / "ws"), tmp_path / "base", LIMITS)
+    try:
+        with pytest.raises(WorkerCrashed, match=r"crashed \(SIGSEGV\)"):
+            session.module("peek").segfault()
+    finally:
+        session.close()
 
 
 def test_worker_runs_as_nobody(peek: Handle) -> None:

@@ -37,6 +37,7 @@ from autograder.errors import AutograderError
 from autograder.grading import harness, sandbox
 from autograder.grading.models import Artifact, SuiteRun, TestOutcome
 from autograder.grading.remote import read_tail
+from autograder.grading.sandbox.base import clean_up_after
 
 # torch._dynamo rebinds torch.manual_seed & co. when first imported (lazily, by optimizers):
 # import it up front so that it happens before the snapshot, not during a test. pytest imports
@@ -232,7 +233,9 @@ class Supervisor:
                 grading.flag(flag)
             grading.run(self._context, self._children)
             suite = grading.suite()
-            suite.log = (_tail(run_dir / "worker.log") + _tail(job.log_path))[-MAX_LOG:]
+            logs = [run_dir / "worker.log", *sorted(run_dir.glob("*/worker.log")), job.log_path]
+            # Each log its share: what student code printed is never crowded out by pytest's.
+            suite.log = "".join(read_tail(log, MAX_LOG // len(logs)) for log in logs)
         finally:
             self._free(slot)
             self.devices.release(device)
@@ -328,10 +331,12 @@ class _Grading:
             if process.pid is not None:
                 _kill(process)
                 process.join(10)
-            exitcode = process.exitcode
+            exitcode, pid = process.exitcode, process.pid
             children.forget(process)
             process.close()
             self.job.backend.reap(self.job.slot)
+            if pid is not None:
+                clean_up_after(pid, self.job.base)  # a killed harness's cgroups and mounts
         if children.closed:
             raise AutograderError("grading stopped: the supervisor was closed")
         if not self.started:

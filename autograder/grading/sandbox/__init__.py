@@ -11,8 +11,12 @@ Backends, strongest first (``autograder grade --sandbox NAME``):
 
 ``auto`` takes the first that works here, and refuses (one line naming the fix) when neither
 ``bwrap`` nor ``user`` does: grading untrusted code without a sandbox is never a default.
-Every backend applies :mod:`.limits` (address space, processes, file size, CPU time, core dumps)
-and puts each worker in its own session so that it can be killed as a whole.
+Every backend applies :mod:`.limits` (address space, processes, file size, CPU time, core dumps),
+puts each worker in a cgroup of its own (:mod:`.cgroup`: memory of its whole process tree, a CPU
+quota, processes) and its scratch folder on a capped tmpfs (:mod:`.space`), gives it capped
+``/tmp`` and ``/dev/shm`` of its own, and puts it in its own session so that it can be killed as
+a whole. Where the host refuses a cgroup or a mount, the rlimits remain and every result says
+what is not enforced.
 """
 
 from __future__ import annotations

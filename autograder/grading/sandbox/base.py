@@ -251,3 +251,13 @@ def _venv_home(config: str) -> str:
     except OSError:
         pass
     return ""
+
+
+def clean_up_after(harness: int, base: Path) -> None:
+    """After a harness (pid ``harness``) ended, perhaps killed: free the cgroups its workers
+    had and the capped filesystems left mounted under its folder ``base``."""
+    from autograder.grading.sandbox.cgroup import sweep
+    from autograder.grading.sandbox.space import unmount_under
+
+    sweep(harness)
+    unmount_under(base)

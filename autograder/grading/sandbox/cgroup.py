@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
+PREFIX = "autograder-"
 
 
 def own_cgroups(text: str | None = None) -> dict[str, Path]:
@@ -61,7 +62,7 @@ class WorkerCgroup:
         self.peak = 0  # bytes, the highest memory use seen (v1: the kernel's own maximum)
         if os.geteuid() != 0:
             return
-        name = f"autograder-{uuid.uuid4().hex[:12]}"
+        name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"  # the creator's pid: see sweep
         own = own_cgroups()
         for controller in CONTROLLERS:
             folder = self._make(own, controller, name)
@@ -189,6 +190,16 @@ class WorkerCgroup:
                 except OSError:
                     time.sleep(0.02)
         self.folders = {}
+
+
+def sweep(creator: int) -> None:
+    """Remove the cgroups a dead process ``creator`` (a harness killed before its clean-up)
+    made, killing what is still in them."""
+    for parent in dict.fromkeys(own_cgroups().values()):
+        for folder in parent.glob(f"{PREFIX}{creator}-*"):
+            left = WorkerCgroup.__new__(WorkerCgroup)
+            left.folders, left.peak = {"pids": folder}, 0
+            left.remove()
 
 
 def worker_chain(pid: int, marker: str = "worker.py", depth: int = 4) -> list[int]:
