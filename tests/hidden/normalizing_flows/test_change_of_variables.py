@@ -306,6 +306,7 @@ def test_sample_follows_the_flow(change_of_variables, given):
     )
 
 
+@pytest.mark.weight(2)
 @pytest.mark.parametrize("name", ["random 3-D, det < 0", "random 5-D"])
 def test_sample_uses_its_base(change_of_variables, probes, name):
     """sample draws from the base it is given: A z + b with z ~ U(0, 1)^d fills the image of the
