@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder.config import Limits
-from autograder.grading.sandbox.cgroup import WorkerCgroup, worker_chain
+from autograder.grading.sandbox.cgroup import WorkerCgroup, submission_cgroup, worker_chain
 from autograder.grading.sandbox.space import is_full, mount_scratch, unmount
 
 # The worker's own code: copied next to the submission, since the sandbox cannot see the
@@ -119,8 +119,8 @@ class Backend:
 
     def contain(self, spec: WorkerSpec) -> Containment:
         """The worker's cgroup and capped scratch folder, made before it starts."""
-        cpus = float(max(1, spec.threads))  # one CPU per job slot (per thread it may use)
-        cgroup = WorkerCgroup(spec.limits.memory_mb, cpus, spec.limits.max_processes)
+        caps = (spec.limits.memory_mb, float(max(1, spec.threads)), spec.limits.max_processes)
+        cgroup = WorkerCgroup(*caps, parent=submission_cgroup(*caps))
         return Containment(cgroup, mount_scratch(spec.scratch, spec.limits.disk_mb), spec.scratch)
 
     def start_directly(

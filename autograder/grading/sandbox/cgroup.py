@@ -17,6 +17,7 @@ here is listed in :attr:`WorkerCgroup.missing` and the backends fall back to rli
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -56,27 +57,39 @@ def own_cgroups(text: str | None = None) -> dict[str, Path]:
 class WorkerCgroup:
     """The cgroup(s) of one worker; ``folders`` maps each enforced controller to its folder."""
 
-    def __init__(self, memory_mb: int, cpus: float, max_processes: int) -> None:
+    def __init__(
+        self,
+        memory_mb: int,
+        cpus: float,
+        max_processes: int,
+        parent: WorkerCgroup | None = None,
+    ) -> None:
+        """``parent``: the submission's cgroup, whose limits hold all its workers together
+        (without one, the cgroup is made under the grader's own)."""
         self.memory_mb, self.cpus, self.max_processes = memory_mb, cpus, max_processes
+        self.parent = parent
         self.folders: dict[str, Path] = {}
+        self.v1: dict[str, bool] = {}
         self.peak = 0  # bytes, the highest memory use seen (v1: the kernel's own maximum)
         if os.geteuid() != 0:
             return
         name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"  # the creator's pid: see sweep
         own = own_cgroups()
         for controller in CONTROLLERS:
-            folder = self._make(own, controller, name)
+            if parent is not None:
+                base, v1 = parent.folders.get(controller), parent.v1.get(controller, True)
+            else:
+                base, v1 = own.get(controller) or own.get(""), controller in own
+            folder = self._make(base, v1, controller, name)
             if folder is not None:
-                self.folders[controller] = folder
+                self.folders[controller], self.v1[controller] = folder, v1
 
     @property
     def missing(self) -> list[str]:
         """The controllers this host gave no cgroup for (their limits are not enforced)."""
         return [c for c in CONTROLLERS if c not in self.folders]
 
-    def _make(self, own: dict[str, Path], controller: str, name: str) -> Path | None:
-        v1 = controller in own
-        parent = own.get(controller) or own.get("")
+    def _make(self, parent: Path | None, v1: bool, controller: str, name: str) -> Path | None:
         if parent is None or not parent.is_dir():
             return None
         if not v1:
@@ -132,7 +145,7 @@ class WorkerCgroup:
 
     def limits_hit(self) -> list[str]:
         """A flag for each limit the worker's processes ran into so far."""
-        flags = []
+        flags = [] if self.parent is None else self.parent.limits_hit()
         if self._memory_kills():
             flags.append(f"memory limit reached ({self.memory_mb} MB for all its processes)")
         if _stat(self.folders.get("pids"), "pids.events").get("max", 0):
@@ -183,6 +196,8 @@ class WorkerCgroup:
         self.peak_bytes()
         self.kill()
         for folder in dict.fromkeys(self.folders.values()):
+            for child in folder.glob(f"{PREFIX}*"):  # a worker's, under a submission's
+                _remove_tree(child)
             for _ in range(50):  # a killed process leaves the cgroup a moment after SIGKILL
                 try:
                     folder.rmdir()
@@ -192,14 +207,42 @@ class WorkerCgroup:
         self.folders = {}
 
 
+_submissions: dict[tuple[int, int, float, int], WorkerCgroup] = {}
+
+
+def submission_cgroup(memory_mb: int, cpus: float, max_processes: int) -> WorkerCgroup | None:
+    """The cgroup of the submission this process grades (a harness grades one): its limits
+    hold all its workers together, the main one and the evaluation one (one CPU per job slot
+    for both). Made on first use, removed when the process ends (:func:`sweep`, or at exit)."""
+    key = (os.getpid(), memory_mb, cpus, max_processes)
+    if key not in _submissions:
+        made = WorkerCgroup(memory_mb, cpus, max_processes)
+        if not made.folders:
+            return None
+        if not _submissions:
+            atexit.register(_remove_own)
+        _submissions[key] = made
+    return _submissions[key]
+
+
+def _remove_own() -> None:
+    for (pid, *_), cgroup in _submissions.items():
+        if pid == os.getpid():  # not a forked child's copy of its parent's
+            cgroup.remove()
+
+
 def sweep(creator: int) -> None:
     """Remove the cgroups a dead process ``creator`` (a harness killed before its clean-up)
     made, killing what is still in them."""
     for parent in dict.fromkeys(own_cgroups().values()):
         for folder in parent.glob(f"{PREFIX}{creator}-*"):
-            left = WorkerCgroup.__new__(WorkerCgroup)
-            left.folders, left.peak = {"pids": folder}, 0
-            left.remove()
+            _remove_tree(folder)
+
+
+def _remove_tree(folder: Path) -> None:
+    left = WorkerCgroup.__new__(WorkerCgroup)
+    left.folders, left.peak = {"pids": folder}, 0
+    left.remove()
 
 
 def worker_chain(pid: int, marker: str = "worker.py", depth: int = 4) -> list[int]:
