@@ -4,18 +4,25 @@ The solution folder is the single source of truth. The release is a pure functio
 ``course.yml``: student files become stubs (:func:`autograder.markers.stub_text`), the notebook
 goes through nbgrader, ``tests/points.json`` carries the points per part, every other file is
 copied as is. ``build --check`` renders the release in a temporary folder and compares bytes.
+
+``course.yml`` selects the parts. The files of a part it leaves out (``flows/<part>.py``, files
+``flows/<part>.<ext>`` beside it, ``tests/test_<part>.py``) are not in the release, and neither
+are its sections of a Markdown file, written between ``<!-- part: <part> -->`` and
+``<!-- end part: <part> -->`` (the marker lines themselves never ship).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from autograder.config import COURSE_FILE, Assignment
+from autograder.config import COURSE_FILE, PACKAGE, Assignment
 from autograder.errors import AutograderError
 from autograder.markers import find_regions, marker_lines, read_source, stub_text
 
@@ -23,6 +30,8 @@ from autograder.markers import find_regions, marker_lines, read_source, stub_tex
 JUNK_DIRS = frozenset({"__pycache__", ".pytest_cache", ".ipynb_checkpoints"})
 JUNK_SUFFIXES = (".pyc",)
 POINTS_FILE = "tests/points.json"
+# A Markdown section that belongs to one part: `<!-- part: iaf -->` ... `<!-- end part: iaf -->`.
+_PART_MARK = re.compile(r"^\s*<!--\s*(end\s+)?part:\s*(\w+)\s*-->\s*$")
 
 StudentFile = Callable[[Path], str]
 NotebookWriter = Callable[[Assignment, Path], Path]
@@ -43,8 +52,64 @@ def student_files(assignment: Assignment) -> dict[str, Path]:
             )
         if not find_regions(path, read_source(path)):
             raise AutograderError(f"{path}: student file without a '### BEGIN SOLUTION' region")
+        needed = sorted(_imported_parts(path) & set(assignment.unselected_parts))
+        if needed:
+            raise AutograderError(
+                f"{COURSE_FILE}: assignments.{assignment.name}.parts.{part}: needs part "
+                f"{needed[0]!r} ({relative} imports {PACKAGE}.{needed[0]}), which is not selected"
+            )
         files[relative] = path
     return files
+
+
+def part_of(relative: str) -> str | None:
+    """The part a file of the solution folder belongs to, if any: ``flows/iaf.py`` and
+    ``flows/digits.csv.gz`` -> ``iaf``, ``digits``; ``tests/test_iaf.py`` -> ``iaf``."""
+    folder, _, name = relative.rpartition("/")
+    if folder == PACKAGE:
+        return name.split(".", 1)[0]
+    if folder == "tests" and name.startswith("test_") and name.endswith(".py"):
+        return name.removeprefix("test_").removesuffix(".py")
+    return None
+
+
+def left_out(assignment: Assignment) -> Callable[[str], bool]:
+    """Whether a file of the solution folder belongs to a part ``course.yml`` does not select."""
+    unselected = set(assignment.unselected_parts)
+    return lambda relative: part_of(relative) in unselected
+
+
+def select_sections(assignment: Assignment, text: str, where: str) -> str:
+    """``text`` without the sections of unselected parts and without any part marker line."""
+    unselected, known = set(assignment.unselected_parts), set(assignment.parts)
+    kept: list[str] = []
+    inside: str | None = None
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        match = _PART_MARK.match(line)
+        if match is None:
+            if inside is None or inside not in unselected:
+                kept.append(line)
+            continue
+        closing, part = bool(match.group(1)), match.group(2)
+        if part not in known | unselected:
+            raise AutograderError(f"{where}:{number}: section of unknown part {part!r}")
+        if closing != (inside is not None) or (closing and part != inside):
+            raise AutograderError(f"{where}:{number}: {line.strip()!r} does not match its section")
+        inside = None if closing else part
+    if inside is not None:
+        raise AutograderError(f"{where}: the section of part {inside!r} is not closed")
+    return "".join(kept)
+
+
+def _imported_parts(path: Path) -> set[str]:
+    """The modules ``flows.<name>`` that a student file imports (``from flows.<name> import``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(read_source(path))):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        found |= {n.split(".")[1] for n in names if n.startswith(f"{PACKAGE}.")}
+    return found
 
 
 def render(
@@ -61,13 +126,20 @@ def render(
         raise AutograderError(f"{source}: no solution folder for assignment {assignment.name!r}")
     students = student_files(assignment)
     notebook_file = assignment.notebook.file if assignment.notebook else None
+    unselected = left_out(assignment)
     for relative, path in walk_files(source).items():
+        if unselected(relative):
+            continue
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if relative in students:
             target.write_bytes(student_file(path).encode("utf-8"))
         elif relative == notebook_file:
             notebook(assignment, dest)
+        elif relative.endswith(".md"):
+            text = select_sections(assignment, read_source(path), str(path))
+            _check_given(path, relative)
+            target.write_bytes(text.encode("utf-8"))
         else:
             _check_given(path, relative)
             shutil.copyfile(path, target)

@@ -19,6 +19,7 @@ COURSE_FILE = "course.yml"
 # The student package every assignment ships (CONTRACT.md): ``<assignment>/flows/<part>.py``.
 PACKAGE = "flows"
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
+SOLUTION_MARKER = "### BEGIN SOLUTION"  # autograder.markers.BEGIN: what makes a student file
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,27 @@ class Assignment:
     def examples_dir(self) -> Path:
         """``tests/examples/<name>``: specs of the example, mutant and hostile submissions."""
         return self.root / "tests" / "examples" / self.name
+
+    @property
+    def unselected_parts(self) -> list[str]:
+        """Parts the reference offers that ``parts`` does not select, sorted.
+
+        The reference offers a part ``p`` when it has the student file ``flows/<p>.py`` (with a
+        solution region) and its public self-checks ``tests/test_<p>.py``; a given file with a
+        stray marker is no part (the build refuses it). An unselected part is not released, not
+        graded, not in the points, and its hidden suite is not collected. Without the solution
+        folder (a Gradescope container): [].
+        """
+        package = self.solution_dir / PACKAGE
+        if not package.is_dir():
+            return []
+        return sorted(
+            path.stem
+            for path in package.glob("*.py")
+            if path.stem not in self.parts
+            and (self.solution_dir / "tests" / f"test_{path.stem}.py").is_file()
+            and SOLUTION_MARKER in path.read_text(encoding="utf-8")
+        )
 
     @property
     def total_points(self) -> float:

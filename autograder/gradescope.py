@@ -200,9 +200,12 @@ def write_gradescope_zip(assignment: Assignment, out: Path) -> Path:
         assignment.release_dir,
         assignment.hidden_tests_dir,
     ]
+    # The suites of parts course.yml does not select stay out (the release has no such files).
+    unselected = {assignment.hidden_tests_dir / f"test_{p}.py" for p in assignment.unselected_parts}
     for source in sources:
         for path in _files(source):
-            members[path.relative_to(root).as_posix()] = path.read_bytes()
+            if path not in unselected:
+                members[path.relative_to(root).as_posix()] = path.read_bytes()
     if has_notebook(assignment):
         members[shipped_notebook_path(assignment)] = notebook_without_solutions(assignment)
     # The zip's README: the settings Gradescope needs first, then the project's own README.

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ASSIGNMENT, REPO, CliRunner
 
 from autograder.build import build_assignment, render_release, walk_files
@@ -15,6 +16,7 @@ from autograder.errors import AutograderError
 from autograder.markers import stub_text
 
 COUPLING = "flows/coupling.py"
+POINTS = "tests/points.json"
 
 
 @pytest.mark.slow  # nbgrader releases the notebook: seconds
@@ -117,4 +119,123 @@ def test_a_given_file_with_markers_is_refused(assignment_in: Assignment) -> None
         "    ### END SOLUTION\n"
     )
     with pytest.raises(AutograderError, match=r"base\.py:\d+: '### BEGIN SOLUTION' in a file"):
+        build_assignment(assignment_in, check=True)
+
+
+# --- course.yml selects the parts ----------------------------------------------------------
+
+# The parts the reference offers beyond today's five, with points for a course that takes them.
+OPTIONAL = {"dequantize": 5.0, "digits": 15.0, "glow": 10.0, "iaf": 10.0}
+# Today's release, file by file: what a course with only the five parts must keep getting.
+FIVE_PART_RELEASE = {
+    "README.md",
+    "explore.ipynb",
+    "pytest.ini",
+    "tests/conftest.py",
+    "tests/points.json",
+    *(f"flows/{name}.py" for name in ("__init__", "base", "data")),
+    *(f"flows/{part}.py" for part in ("change_of_variables", "composition", "coupling")),
+    *(f"flows/{part}.py" for part in ("maf", "train")),
+    *(f"tests/test_{part}.py" for part in ("change_of_variables", "composition", "coupling")),
+    *(f"tests/test_{part}.py" for part in ("maf", "train")),
+}
+
+
+def select_parts(root: Path, parts: dict[str, float]) -> Assignment:
+    """Give the course at ``root`` exactly these ``parts`` in its course.yml; its assignment."""
+    course = root / "course.yml"
+    raw = yaml.safe_load(course.read_text(encoding="utf-8"))
+    raw["assignments"][ASSIGNMENT]["parts"] = parts
+    course.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_course(root).assignment(ASSIGNMENT)
+
+
+def every_part(root: Path) -> Assignment:
+    """The course at ``root`` with today's five parts and every optional one."""
+    return select_parts(root, {**load_course(REPO).assignment(ASSIGNMENT).parts, **OPTIONAL})
+
+
+def test_the_shipped_course_releases_todays_five_parts_only() -> None:
+    assignment = load_course(REPO).assignment(ASSIGNMENT)
+    assert assignment.unselected_parts == sorted(OPTIONAL)
+    assert set(walk_files(assignment.release_dir)) == FIVE_PART_RELEASE
+    for part in assignment.parts:
+        solution = assignment.solution_dir / "flows" / f"{part}.py"
+        released = assignment.release_dir / "flows" / f"{part}.py"
+        assert released.read_text(encoding="utf-8") == stub_text(solution)
+    readme = (assignment.release_dir / "README.md").read_text(encoding="utf-8")
+    assert "part:" not in readme and "IAF" not in readme and "bits/dim" not in readme
+
+
+def test_a_course_with_every_part_releases_them_all(
+    course_copy: Path, autograder_cli: CliRunner
+) -> None:
+    assignment = every_part(course_copy)
+    assert assignment.unselected_parts == [] and len(assignment.parts) == 9
+    assert autograder_cli("build", ASSIGNMENT, "--check", cwd=course_copy).returncode == 1
+    built = autograder_cli("build", ASSIGNMENT, cwd=course_copy)
+    assert built.returncode == 0, built.stdout + built.stderr
+    release = assignment.release_dir
+    files = walk_files(release)
+    for part in assignment.parts:
+        solution = assignment.solution_dir / "flows" / f"{part}.py"
+        assert files[f"flows/{part}.py"].read_text(encoding="utf-8") == stub_text(solution)
+        assert f"tests/test_{part}.py" in files
+    data = assignment.solution_dir / "flows" / "digits.csv.gz"
+    assert files["flows/digits.csv.gz"].read_bytes() == data.read_bytes()
+    assert json.loads(files[POINTS].read_text()) == assignment.parts
+    assert autograder_cli("build", ASSIGNMENT, "--check", cwd=course_copy).returncode == 0
+
+    # Back to five parts: the build takes the optional parts' files away again.
+    five = select_parts(course_copy, load_course(REPO).assignment(ASSIGNMENT).parts)
+    assert build_assignment(five, check=False)
+    assert set(walk_files(release)) == FIVE_PART_RELEASE - {"explore.ipynb"}
+
+
+def test_a_part_that_imports_an_unselected_part_is_refused(course_copy: Path) -> None:
+    parts = {**load_course(REPO).assignment(ASSIGNMENT).parts, "digits": 10.0}
+    assignment = select_parts(course_copy, parts)
+    with pytest.raises(
+        AutograderError,
+        match=r"^course\.yml: assignments\.\w+\.parts\.digits: needs part 'dequantize' "
+        r"\(flows/digits\.py imports flows\.dequantize\), which is not selected$",
+    ):
+        build_assignment(assignment, check=True)
+
+
+HANDOUT = """# Handout
+Shared text.
+<!-- part: coupling -->
+Coupling text.
+<!-- end part: coupling -->
+<!-- part: iaf -->
+IAF text.
+<!-- end part: iaf -->
+The end.
+"""
+
+
+def test_handout_sections_of_unselected_parts_are_left_out(assignment_in: Assignment) -> None:
+    (assignment_in.solution_dir / "README.md").write_text(HANDOUT, encoding="utf-8")
+    build_assignment(assignment_in, check=False)
+    released = (assignment_in.release_dir / "README.md").read_text(encoding="utf-8")
+    assert released == "# Handout\nShared text.\nCoupling text.\nThe end.\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (("part: iaf -->", "part: iaff -->"), r"README\.md:6: section of unknown part 'iaff'"),
+        (("<!-- end part: iaf -->\n", ""), r"README\.md: the section of part 'iaf' is not closed"),
+        (("end part: coupling", "end part: iaf"), r"README\.md:5: '<!-- end part: iaf -->' does"),
+    ],
+    ids=["unknown part", "unclosed", "mismatched"],
+)
+def test_a_malformed_handout_section_is_one_line(
+    assignment_in: Assignment, edit: tuple[str, str], problem: str
+) -> None:
+    text = HANDOUT.replace(*edit, 1)
+    assert text != HANDOUT
+    (assignment_in.solution_dir / "README.md").write_text(text, encoding="utf-8")
+    with pytest.raises(AutograderError, match=problem):
         build_assignment(assignment_in, check=True)

@@ -101,3 +101,21 @@ def test_a_missing_course_file_is_one_line(tmp_path: Path, autograder_cli: CliRu
     result = autograder_cli("build", ASSIGNMENT, "--check", cwd=tmp_path)
     assert result.returncode == 2
     assert "course.yml: not found" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_parts_the_course_does_not_select_are_named(course_copy: Path) -> None:
+    from test_build import OPTIONAL, every_part, select_parts
+
+    assignment = load_course(course_copy).assignment(ASSIGNMENT)
+    assert assignment.unselected_parts == sorted(OPTIONAL)
+    assert every_part(course_copy).unselected_parts == []
+    select_parts(course_copy, assignment.parts)
+    # A part needs its public self-checks: a marked file without them is no part (the build
+    # then refuses it as a given file with markers), nor is a file without a solution region.
+    (course_copy / "solutions" / ASSIGNMENT / "tests" / "test_iaf.py").unlink()
+    (course_copy / "solutions" / ASSIGNMENT / "tests" / "test_data.py").write_text("")
+    assert load_course(course_copy).assignment(ASSIGNMENT).unselected_parts == [
+        "dequantize",
+        "digits",
+        "glow",
+    ]

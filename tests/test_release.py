@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ASSIGNMENT, CliRunner
+from conftest import ASSIGNMENT, REPO, CliRunner
 
 from autograder.build import build_assignment
 from autograder.config import Assignment, load_course
@@ -40,8 +40,10 @@ def test_student_bundle_has_stubs_public_tests_and_handout_only(
     for part in assignment.parts:
         solution = assignment.solution_dir / "flows" / f"{part}.py"
         assert files[f"flows/{part}.py"].decode() == stub_text(solution)
-    public = sorted(p.name for p in (assignment.solution_dir / "tests").glob("test_*.py"))
-    assert public and all(f"tests/{name}" in files for name in public)
+    public = sorted(f"tests/test_{part}.py" for part in assignment.parts)
+    assert public == sorted(name for name in files if name.startswith("tests/test_"))
+    for part in assignment.unselected_parts:  # not in course.yml: not in the students' hands
+        assert not [name for name in files if f"/{part}." in name or f"test_{part}." in name]
     assert {"README.md", "pytest.ini", "tests/points.json"} <= set(files)
     assert assignment.notebook is not None and assignment.notebook.file in files
     hidden = _hidden_suites(assignment)
@@ -144,3 +146,87 @@ def test_a_non_empty_output_folder_is_never_clobbered(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "not empty" in result.stderr and result.stderr.count("\n") == 1
     assert _files(out) == {"notes.txt": b"mine"}
+
+
+# --- bundles and grading of a course that selects parts ------------------------------------
+
+
+def test_bundles_carry_exactly_the_selected_parts(course_copy: Path, tmp_path: Path) -> None:
+    from test_build import OPTIONAL, every_part
+
+    five = load_course(course_copy).assignment(ASSIGNMENT)
+    release_solutions(five, tmp_path / "five", force=True)
+    assert not [name for name in _files(tmp_path / "five") if Path(name).stem in OPTIONAL]
+
+    every = every_part(course_copy)
+    build_assignment(every, check=False)
+    release_student(every, tmp_path / "student")
+    release_solutions(every, tmp_path / "solutions", force=True)
+    student, solutions = _files(tmp_path / "student"), _files(tmp_path / "solutions")
+    for part in every.parts:
+        module = every.solution_dir / "flows" / f"{part}.py"
+        assert student[f"flows/{part}.py"].decode() == stub_text(module)
+        assert solutions[f"flows/{part}.py"].decode() == solution_text(module)
+        assert f"tests/test_{part}.py" in student and f"tests/test_{part}.py" in solutions
+    assert "flows/digits.csv.gz" in student and "flows/digits.csv.gz" in solutions
+
+
+def test_gradescope_zip_ships_the_suites_of_selected_parts_only(
+    course_copy: Path, tmp_path: Path
+) -> None:
+    import zipfile
+
+    from test_build import every_part
+
+    from autograder.gradescope import write_gradescope_zip
+
+    for name in ("README.md", "pyproject.toml"):
+        shutil.copy(REPO / name, course_copy / name)
+    suite = course_copy / "tests" / "hidden" / ASSIGNMENT / "test_iaf.py"
+    suite.write_text("def test_iaf_suite():\n    pass\n")
+    member = f"tests/hidden/{ASSIGNMENT}/test_iaf.py"
+    five = load_course(course_copy).assignment(ASSIGNMENT)
+    with zipfile.ZipFile(write_gradescope_zip(five, tmp_path / "five.zip")) as archive:
+        names = archive.namelist()
+    assert f"tests/hidden/{ASSIGNMENT}/test_maf.py" in names and member not in names
+    every = every_part(course_copy)
+    build_assignment(every, check=False)
+    with zipfile.ZipFile(write_gradescope_zip(every, tmp_path / "every.zip")) as archive:
+        assert member in archive.namelist()
+
+
+def test_grading_collects_no_suite_of_an_unselected_part(course_copy: Path, tmp_path: Path) -> None:
+    """A real harness and worker: the suite of a part course.yml leaves out is not collected
+    (its outcomes would be of a part the scoring does not know), the selected ones are."""
+    from test_build import OPTIONAL as OPTIONAL_POINTS
+    from test_build import every_part
+
+    from autograder.grading.scoring import score
+    from autograder.grading.supervisor import Supervisor
+    from autograder.grading.unpack import collect_submission
+    from autograder.grading.workspace import prepare_workspace, student_file_names
+
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "test_composition.py").write_text("def test_composition_suite():\n    pass\n")
+    (suites / "test_iaf.py").write_text("def test_iaf_suite():\n    pass\n")
+    graded = {}
+    for name in ("five", "every"):
+        assignment = load_course(course_copy).assignment(ASSIGNMENT)
+        if name == "every":
+            assignment = every_part(course_copy)
+            build_assignment(assignment, check=False)
+        files = collect_submission(assignment.solution_dir, student_file_names(assignment))
+        workspace = prepare_workspace(assignment, files, tmp_path / f"{name}-ws")
+        with Supervisor(assignment, tests_dir=suites, sandbox_name="bwrap") as supervisor:
+            run = supervisor.run(workspace)
+        graded[name] = (run, score(assignment, run))
+    run, marks = graded["five"]
+    assert [(t.part, t.status) for t in run.tests] == [("composition", "passed")], run.tests
+    assert set(marks.parts) == set(load_course(REPO).assignment(ASSIGNMENT).parts) | {"notebook"}
+    run, marks = graded["every"]
+    assert sorted((t.part, t.status) for t in run.tests) == [
+        ("composition", "passed"),
+        ("iaf", "passed"),
+    ], run.tests
+    assert marks.parts["iaf"].earned == OPTIONAL_POINTS["iaf"]

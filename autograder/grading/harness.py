@@ -51,6 +51,7 @@ class Job:
     backend: Backend
     parts: list[str] | None = None
     only: list[str] | None = None  # node ids to run (a rerun of the tests that timed out)
+    ignore: tuple[Path, ...] = ()  # suites of parts course.yml does not select: not collected
     slot: int = 0
     threads: int = 1
     cuda_devices: str | None = None  # CUDA_VISIBLE_DEVICES; None: leave as is
@@ -98,6 +99,7 @@ def harness_main(job: Job, writer: Any) -> None:
         "-p",
         "no:stepwise",
         "--assert=plain",
+        *(f"--ignore={path}" for path in job.ignore),
         "-q",
         "--tb=no",
         "-W",

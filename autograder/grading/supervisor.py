@@ -224,6 +224,9 @@ class Supervisor:
                 backend=self.backend,
                 parts=parts,
                 only=only,
+                ignore=tuple(
+                    self.tests_dir / f"test_{part}.py" for part in self.assignment.unselected_parts
+                ),
                 slot=slot,
                 threads=self.threads,
                 cuda_devices=device,
