@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from autograder.config import PACKAGE, Limits
 from autograder.grading import protocol, recipes
+from autograder.grading.output_drain import MAX_LOG_KEPT, OutputDrain, read_tail
 from autograder.grading.sandbox import Backend, WorkerSpec
 from autograder.grading.sandbox.base import make_runtime
 from autograder.grading.sandbox.limits import exit_reason
 
 STARTUP_TIMEOUT_S = 120.0  # a cold `import torch` on a loaded host takes seconds, not minutes
-MAX_LOG_KEPT = 20_000  # characters of the worker's output kept for staff
-MAX_LOG_HEAD = 1 << 20  # bytes of the worker's output written to its log, per start
 PASSED_ENV = ("CUDA_VISIBLE_DEVICES",)
 MEMORY_MARKERS = ("can't allocate memory", "Cannot allocate memory", "out of memory")
 
@@ -305,48 +303,6 @@ class Session:
 
     def _handle(self, ident: int, path: tuple, name: str) -> Handle:
         return Handle(self, ident, path, name, self.generation)
-
-
-def read_tail(path: Path, limit: int) -> str:
-    """The last ``limit`` bytes of a log file, decoded ("" when there is none); never the whole."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - limit))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-class OutputDrain(threading.Thread):
-    """Reads the worker's stdout/stderr as it comes and keeps a bounded part of it.
-
-    The first :data:`MAX_LOG_HEAD` bytes go to the log file, then only a rolling tail; the rest
-    is counted and dropped. Printing never fails or blocks the worker, and 300 MB on stdout
-    costs the harness a read loop, not memory.
-    """
-
-    def __init__(self, fd: int, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.fd, self.path = fd, path
-        self.start()
-
-    def run(self) -> None:
-        written, dropped, tail = 0, 0, b""
-        with open(self.path, "ab") as log:
-            while chunk := os.read(self.fd, 1 << 16):
-                if written < MAX_LOG_HEAD:
-                    keep = chunk[: MAX_LOG_HEAD - written]
-                    log.write(keep)
-                    written += len(keep)
-                    chunk = chunk[len(keep) :]
-                if chunk:
-                    dropped += len(chunk)
-                    tail = (tail + chunk)[-MAX_LOG_KEPT:]
-            if dropped:
-                log.write(f"\n[... {dropped} bytes of output dropped; the last ones:]\n".encode())
-                log.write(tail)
-        os.close(self.fd)
 
 
 class Handle:

@@ -36,7 +36,7 @@ from autograder.config import Assignment, Limits
 from autograder.errors import AutograderError
 from autograder.grading import harness, sandbox
 from autograder.grading.models import Artifact, SuiteRun, TestOutcome
-from autograder.grading.remote import read_tail
+from autograder.grading.output_drain import read_tail
 from autograder.grading.sandbox.base import clean_up_after
 
 # torch._dynamo rebinds torch.manual_seed & co. when first imported (lazily, by optimizers):
