@@ -116,9 +116,12 @@ def test_reference_mutants_are_valid_distinct_and_stable(path: Path) -> None:
     for mutant in first:
         ast.parse(mutant.text)  # every mutant is valid Python
         assert re.fullmatch(r"[0-9a-f]{12}", mutant.id)
-    if path.stem in ASSIGNMENT.parts:
+    # Student files (the course's selected parts and the optional parts it leaves out) have
+    # solution regions; the given files have none.
+    if "### BEGIN SOLUTION" in reference:
         assert first, f"{path.name} has solution regions but no mutants"
     else:
+        assert path.stem not in ASSIGNMENT.parts, f"{path.name} is a part without solution regions"
         assert first == [], f"{path.name} is a given file: it has no solution regions"
 
 
