@@ -37,6 +37,7 @@ from autograder.nbgrader_db import GRADEBOOK_FILE, create_database
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
+PART_TAG = "part:"  # a cell tagged "part:iaf" belongs to that part: left out where it is not
 _log = logging.getLogger("autograder.nbgrader")
 _log.setLevel(logging.ERROR)  # nbgrader narrates every copy at INFO/WARNING
 
@@ -94,7 +95,23 @@ def course_directory(assignment: Assignment) -> Iterator[Path]:
         target = root / "source" / assignment.name / source.name
         target.parent.mkdir(parents=True)
         shutil.copyfile(source, target)
+        _drop_unselected_cells(assignment, target)
         yield root
+
+
+def _drop_unselected_cells(assignment: Assignment, path: Path) -> None:
+    """Remove the cells tagged ``part:<name>`` of parts ``course.yml`` does not select (they
+    import modules the release does not have); the file is left as is when none is dropped."""
+    unselected = {f"{PART_TAG}{part}" for part in assignment.unselected_parts}
+    if not unselected:
+        return
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    kept = [c for c in nb.cells if not unselected & set(c.metadata.get("tags", []))]
+    if len(kept) < len(nb.cells):
+        nb.cells = kept
+        nbformat.write(nb, path)
 
 
 def run_converter(converter_class: type, config: Config, assignment: Assignment, what: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -239,3 +240,23 @@ def test_a_malformed_handout_section_is_one_line(
     (assignment_in.solution_dir / "README.md").write_text(text, encoding="utf-8")
     with pytest.raises(AutograderError, match=problem):
         build_assignment(assignment_in, check=True)
+
+
+@pytest.mark.slow  # nbgrader releases the notebook: seconds
+def test_notebook_cells_of_unselected_parts_are_left_out(course_copy: Path) -> None:
+    import nbformat
+
+    def part_tags(release: Path) -> set[str]:
+        cells = nbformat.read(release / "explore.ipynb", as_version=4).cells
+        return {t for c in cells for t in c.metadata.get("tags", []) if t.startswith("part:")}
+
+    shipped = load_course(REPO).assignment(ASSIGNMENT)
+    assert part_tags(shipped.release_dir) == set()
+    notebook = shipped.solution_dir / "explore.ipynb"
+    shutil.copy(notebook, course_copy / "solutions" / ASSIGNMENT / "explore.ipynb")
+    every = every_part(course_copy)
+    render_release(every, course_copy / "every")
+    assert part_tags(course_copy / "every") == {"part:iaf", "part:glow", "part:digits"}
+    source = nbformat.read(notebook, as_version=4).cells
+    released = nbformat.read(course_copy / "every" / "explore.ipynb", as_version=4).cells
+    assert len(released) == len(source)
