@@ -15,7 +15,8 @@ list) says how to derive it from the reference solution, e.g.::
         new: torch.log(torch.linalg.det(self.A))
 
 or ``append: <code>`` instead of ``replace``. :func:`materialize` writes the submission's
-``flows/`` folder (the student files only; the grader supplies the given ones).
+``flows/`` folder (the student files only; the grader supplies the given ones). An example of
+a part the reference offers but ``course.yml`` does not select is skipped, not an error.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def load_specs(assignment: Assignment, kind: Kind) -> list[ExampleSpec]:
         ) from None
     if not isinstance(raw, list):
         raise AutograderError(f"{path}: expected a list of examples, got {type(raw).__name__}")
-    specs = [_parse(entry, index, path, assignment, kind) for index, entry in enumerate(raw)]
+    parsed = [_parse(entry, index, path, assignment, kind) for index, entry in enumerate(raw)]
+    # An example of a part the course does not select is kept in the file, not graded.
+    specs = [s for s in parsed if not {s.file, s.part} & set(assignment.unselected_parts)]
     names = [spec.name for spec in specs]
     clash = next((n for n in names if names.count(n) > 1 or n in (REFERENCE, STUBS)), None)
     if clash is not None:
@@ -110,12 +113,13 @@ def _parse(entry: Any, index: int, path: Path, assignment: Assignment, kind: Kin
     name, file, part = entry.get("name"), entry.get("file"), entry.get("part")
     if not isinstance(name, str) or not name.isidentifier():
         raise fail("'name' must be an identifier-like string")
-    parts = ", ".join(assignment.parts)
-    if file not in assignment.parts:
+    known = [*assignment.parts, *assignment.unselected_parts]
+    parts = ", ".join(known)
+    if file not in known:
         raise fail(f"'file' must be one of the student files ({parts}), got {file!r}")
     if part is None and kind == "mutants":
         raise fail("'part' is missing (the part the mutant must lose points in)")
-    if part is not None and part not in assignment.parts:
+    if part is not None and part not in known:
         raise fail(f"'part' must be one of {parts}, got {part!r}")
     replace, append = entry.get("replace"), entry.get("append")
     if (replace is None) == (append is None):

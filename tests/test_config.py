@@ -119,3 +119,30 @@ def test_parts_the_course_does_not_select_are_named(course_copy: Path) -> None:
         "digits",
         "glow",
     ]
+
+
+def test_examples_of_unselected_parts_are_skipped(course_copy: Path) -> None:
+    from test_build import every_part
+
+    from autograder.examples import load_specs, materialize
+
+    spec = (
+        "- name: iaf_log_det_sign\n  part: iaf\n  file: iaf\n"
+        "  replace: {old: 'shift, log_scale.sum(-1)', new: 'shift, (-log_scale).sum(-1)'}\n"
+        "- name: maf_log_det_sign\n  part: maf\n  file: maf\n"
+        "  replace: {old: '-log_scale.sum(-1)', new: 'log_scale.sum(-1)'}\n"
+        "- name: typo_part\n  part: iaff\n  file: iaf\n  append: 'x = 1'\n"
+    )
+    examples = course_copy / "tests" / "examples" / ASSIGNMENT
+    examples.mkdir(parents=True)
+    (examples / "mutants.yml").write_text(spec.split("- name: typo_part")[0])
+    five = load_course(course_copy).assignment(ASSIGNMENT)
+    assert [s.name for s in load_specs(five, "mutants")] == ["maf_log_det_sign"]
+    every = every_part(course_copy)
+    names = [s.name for s in load_specs(every, "mutants")]
+    assert names == ["iaf_log_det_sign", "maf_log_det_sign"]
+    mutant = materialize(every, "iaf_log_det_sign", course_copy / "mutant") / "flows" / "iaf.py"
+    assert "(-log_scale).sum(-1)" in mutant.read_text()
+    (examples / "mutants.yml").write_text(spec)  # a part that no course knows is still an error
+    with pytest.raises(AutograderError, match=r"'typo_part': 'part' must be one of .*got 'iaff'"):
+        load_specs(every, "mutants")
