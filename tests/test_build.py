@@ -125,7 +125,10 @@ def test_a_given_file_with_markers_is_refused(assignment_in: Assignment) -> None
 
 # --- course.yml selects the parts ----------------------------------------------------------
 
-# The parts the reference offers beyond today's five, with points for a course that takes them.
+# Today's five parts with today's points, and the optional ones the reference offers beyond them
+# (with points for a course that takes them). Tests choose either in a copy of the course, so
+# they hold whatever the shipped course.yml selects.
+FIVE = {"change_of_variables": 20, "composition": 10, "coupling": 25, "maf": 25, "train": 20}
 OPTIONAL = {"dequantize": 5.0, "digits": 15.0, "glow": 10.0, "iaf": 10.0}
 # Today's release, file by file: what a course with only the five parts must keep getting.
 FIVE_PART_RELEASE = {
@@ -153,19 +156,39 @@ def select_parts(root: Path, parts: dict[str, float]) -> Assignment:
 
 def every_part(root: Path) -> Assignment:
     """The course at ``root`` with today's five parts and every optional one."""
-    return select_parts(root, {**load_course(REPO).assignment(ASSIGNMENT).parts, **OPTIONAL})
+    return select_parts(root, {**FIVE, **OPTIONAL})
 
 
-def test_the_shipped_course_releases_todays_five_parts_only() -> None:
+def five_parts(root: Path) -> Assignment:
+    """The course at ``root`` with today's five parts only."""
+    return select_parts(root, FIVE)
+
+
+def test_the_shipped_release_has_exactly_the_selected_parts() -> None:
     assignment = load_course(REPO).assignment(ASSIGNMENT)
-    assert assignment.unselected_parts == sorted(OPTIONAL)
-    assert set(walk_files(assignment.release_dir)) == FIVE_PART_RELEASE
+    assert sorted([*assignment.parts, *assignment.unselected_parts]) == sorted({*FIVE, *OPTIONAL})
+    chosen = set(assignment.parts) - set(FIVE)
+    expected = FIVE_PART_RELEASE | {f"flows/{p}.py" for p in chosen}
+    expected |= {f"tests/test_{p}.py" for p in chosen}
+    if "digits" in chosen:
+        expected.add("flows/digits.csv.gz")  # the data ship with their part
+    assert set(walk_files(assignment.release_dir)) == expected
     for part in assignment.parts:
         solution = assignment.solution_dir / "flows" / f"{part}.py"
         released = assignment.release_dir / "flows" / f"{part}.py"
         assert released.read_text(encoding="utf-8") == stub_text(solution)
     readme = (assignment.release_dir / "README.md").read_text(encoding="utf-8")
-    assert "part:" not in readme and "IAF" not in readme and "bits/dim" not in readme
+    assert "part:" not in readme
+    assert ("IAF" in readme) == ("iaf" in chosen)
+    assert ("bits/dim" in readme) == bool(chosen & {"dequantize", "digits"})
+
+
+def test_five_parts_give_todays_release(course_copy: Path) -> None:
+    five = five_parts(course_copy)
+    assert five.unselected_parts == sorted(OPTIONAL)
+    build_assignment(five, check=False)
+    assert set(walk_files(five.release_dir)) == FIVE_PART_RELEASE - {"explore.ipynb"}
+    assert json.loads((five.release_dir / POINTS).read_text()) == FIVE
 
 
 def test_a_course_with_every_part_releases_them_all(
@@ -188,13 +211,13 @@ def test_a_course_with_every_part_releases_them_all(
     assert autograder_cli("build", ASSIGNMENT, "--check", cwd=course_copy).returncode == 0
 
     # Back to five parts: the build takes the optional parts' files away again.
-    five = select_parts(course_copy, load_course(REPO).assignment(ASSIGNMENT).parts)
+    five = five_parts(course_copy)
     assert build_assignment(five, check=False)
     assert set(walk_files(release)) == FIVE_PART_RELEASE - {"explore.ipynb"}
 
 
 def test_a_part_that_imports_an_unselected_part_is_refused(course_copy: Path) -> None:
-    parts = {**load_course(REPO).assignment(ASSIGNMENT).parts, "digits": 10.0}
+    parts = {**FIVE, "digits": 10.0}
     assignment = select_parts(course_copy, parts)
     with pytest.raises(
         AutograderError,
@@ -216,10 +239,11 @@ The end.
 """
 
 
-def test_handout_sections_of_unselected_parts_are_left_out(assignment_in: Assignment) -> None:
-    (assignment_in.solution_dir / "README.md").write_text(HANDOUT, encoding="utf-8")
-    build_assignment(assignment_in, check=False)
-    released = (assignment_in.release_dir / "README.md").read_text(encoding="utf-8")
+def test_handout_sections_of_unselected_parts_are_left_out(course_copy: Path) -> None:
+    five = five_parts(course_copy)
+    (five.solution_dir / "README.md").write_text(HANDOUT, encoding="utf-8")
+    build_assignment(five, check=False)
+    released = (five.release_dir / "README.md").read_text(encoding="utf-8")
     assert released == "# Handout\nShared text.\nCoupling text.\nThe end.\n"
 
 
@@ -251,7 +275,11 @@ def test_notebook_cells_of_unselected_parts_are_left_out(course_copy: Path) -> N
         return {t for c in cells for t in c.metadata.get("tags", []) if t.startswith("part:")}
 
     shipped = load_course(REPO).assignment(ASSIGNMENT)
-    assert part_tags(shipped.release_dir) == set()
+    assert part_tags(shipped.release_dir) == {f"part:{p}" for p in shipped.parts} & {
+        "part:iaf",
+        "part:glow",
+        "part:digits",
+    }
     notebook = shipped.solution_dir / "explore.ipynb"
     shutil.copy(notebook, course_copy / "solutions" / ASSIGNMENT / "explore.ipynb")
     every = every_part(course_copy)

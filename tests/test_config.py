@@ -104,12 +104,11 @@ def test_a_missing_course_file_is_one_line(tmp_path: Path, autograder_cli: CliRu
 
 
 def test_parts_the_course_does_not_select_are_named(course_copy: Path) -> None:
-    from test_build import OPTIONAL, every_part, select_parts
+    from test_build import OPTIONAL, every_part, five_parts
 
-    assignment = load_course(course_copy).assignment(ASSIGNMENT)
-    assert assignment.unselected_parts == sorted(OPTIONAL)
+    assert five_parts(course_copy).unselected_parts == sorted(OPTIONAL)
     assert every_part(course_copy).unselected_parts == []
-    select_parts(course_copy, assignment.parts)
+    five_parts(course_copy)
     # A part needs its public self-checks: a marked file without them is no part (the build
     # then refuses it as a given file with markers), nor is a file without a solution region.
     (course_copy / "solutions" / ASSIGNMENT / "tests" / "test_iaf.py").unlink()
@@ -122,7 +121,7 @@ def test_parts_the_course_does_not_select_are_named(course_copy: Path) -> None:
 
 
 def test_examples_of_unselected_parts_are_skipped(course_copy: Path) -> None:
-    from test_build import every_part
+    from test_build import every_part, five_parts
 
     from autograder.examples import load_specs, materialize
 
@@ -136,7 +135,7 @@ def test_examples_of_unselected_parts_are_skipped(course_copy: Path) -> None:
     examples = course_copy / "tests" / "examples" / ASSIGNMENT
     examples.mkdir(parents=True)
     (examples / "mutants.yml").write_text(spec.split("- name: typo_part")[0])
-    five = load_course(course_copy).assignment(ASSIGNMENT)
+    five = five_parts(course_copy)
     assert [s.name for s in load_specs(five, "mutants")] == ["maf_log_det_sign"]
     every = every_part(course_copy)
     names = [s.name for s in load_specs(every, "mutants")]

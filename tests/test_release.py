@@ -152,9 +152,9 @@ def test_a_non_empty_output_folder_is_never_clobbered(
 
 
 def test_bundles_carry_exactly_the_selected_parts(course_copy: Path, tmp_path: Path) -> None:
-    from test_build import OPTIONAL, every_part
+    from test_build import OPTIONAL, every_part, five_parts
 
-    five = load_course(course_copy).assignment(ASSIGNMENT)
+    five = five_parts(course_copy)
     release_solutions(five, tmp_path / "five", force=True)
     assert not [name for name in _files(tmp_path / "five") if Path(name).stem in OPTIONAL]
 
@@ -176,7 +176,7 @@ def test_gradescope_zip_ships_the_suites_of_selected_parts_only(
 ) -> None:
     import zipfile
 
-    from test_build import every_part
+    from test_build import every_part, five_parts
 
     from autograder.gradescope import write_gradescope_zip
 
@@ -185,7 +185,8 @@ def test_gradescope_zip_ships_the_suites_of_selected_parts_only(
     suite = course_copy / "tests" / "hidden" / ASSIGNMENT / "test_iaf.py"
     suite.write_text("def test_iaf_suite():\n    pass\n")
     member = f"tests/hidden/{ASSIGNMENT}/test_iaf.py"
-    five = load_course(course_copy).assignment(ASSIGNMENT)
+    five = five_parts(course_copy)
+    build_assignment(five, check=False)
     with zipfile.ZipFile(write_gradescope_zip(five, tmp_path / "five.zip")) as archive:
         names = archive.namelist()
     assert f"tests/hidden/{ASSIGNMENT}/test_maf.py" in names and member not in names
@@ -198,8 +199,8 @@ def test_gradescope_zip_ships_the_suites_of_selected_parts_only(
 def test_grading_collects_no_suite_of_an_unselected_part(course_copy: Path, tmp_path: Path) -> None:
     """A real harness and worker: the suite of a part course.yml leaves out is not collected
     (its outcomes would be of a part the scoring does not know), the selected ones are."""
+    from test_build import FIVE, every_part, five_parts
     from test_build import OPTIONAL as OPTIONAL_POINTS
-    from test_build import every_part
 
     from autograder.grading.scoring import score
     from autograder.grading.supervisor import Supervisor
@@ -212,10 +213,8 @@ def test_grading_collects_no_suite_of_an_unselected_part(course_copy: Path, tmp_
     (suites / "test_iaf.py").write_text("def test_iaf_suite():\n    pass\n")
     graded = {}
     for name in ("five", "every"):
-        assignment = load_course(course_copy).assignment(ASSIGNMENT)
-        if name == "every":
-            assignment = every_part(course_copy)
-            build_assignment(assignment, check=False)
+        assignment = five_parts(course_copy) if name == "five" else every_part(course_copy)
+        build_assignment(assignment, check=False)
         files = collect_submission(assignment.solution_dir, student_file_names(assignment))
         workspace = prepare_workspace(assignment, files, tmp_path / f"{name}-ws")
         with Supervisor(assignment, tests_dir=suites, sandbox_name="bwrap") as supervisor:
@@ -223,7 +222,7 @@ def test_grading_collects_no_suite_of_an_unselected_part(course_copy: Path, tmp_
         graded[name] = (run, score(assignment, run))
     run, marks = graded["five"]
     assert [(t.part, t.status) for t in run.tests] == [("composition", "passed")], run.tests
-    assert set(marks.parts) == set(load_course(REPO).assignment(ASSIGNMENT).parts) | {"notebook"}
+    assert set(marks.parts) == set(FIVE) | {"notebook"}
     run, marks = graded["every"]
     assert sorted((t.part, t.status) for t in run.tests) == [
         ("composition", "passed"),
