@@ -74,7 +74,7 @@ def summary(result: dict[str, Any], points: dict[str, float], parts: list[str]) 
         if artifact["name"] == f"{model}_density" and "nll" in artifact["data"]:
             nll[model] = float(artifact["data"]["nll"])
     failed = [
-        f"{t['nodeid']}: {t['status']}: {t['message'][:400]}"
+        f"{t['nodeid']}: {t['status']}: {t['message']}"
         for t in graded["run"]["tests"]
         if t["status"] not in ("passed", "skipped")
     ]

@@ -108,6 +108,14 @@ class Task:
     def sample(self, n: int, stream: int) -> Tensor:
         return self.move(two_moons_here(n, self.generator_of(self.secret, stream)))
 
+    def retry(self, attempt: int) -> Task:
+        """The secret task of try ``attempt``: this one for the first, then fresh ones derived
+        from the secret (so ``AUTOGRADER_SECRET_SEED`` replays every try)."""
+        if attempt == 0:
+            return self
+        generator = self.generator_of(self.secret, 1000 + attempt)
+        return Task.draw(int(torch.randint(1 << 62, (1,), generator=generator)))
+
     def seed(self, attempt: int) -> int:
         """The torch seed of try ``attempt`` (its initialisation and ``train(seed=...)``)."""
         generator = self.generator_of(self.secret, 50 + attempt)
