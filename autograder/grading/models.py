@@ -38,12 +38,24 @@ class Artifact:
 
 
 @dataclass
+class LeaderboardEntry:
+    """A figure for Gradescope's leaderboard, from a hidden test that passed (``leaderboard``)."""
+
+    name: str  # the column, e.g. "two moons MAF: held-out NLL (nats)"
+    value: float  # finite
+    order: str  # "asc": lower ranks first; "desc": higher
+    nodeid: str  # the test that measured it
+    part: str
+
+
+@dataclass
 class SuiteRun:
     """Everything one submission's run of the hidden suites produced."""
 
     tests: list[TestOutcome] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)  # what the grader saw the code try
     artifacts: list[Artifact] = field(default_factory=list)
+    leaderboard: list[LeaderboardEntry] = field(default_factory=list)
     log: str = ""  # the child's captured stdout/stderr, truncated; for staff, not students
     wall_time_s: float = 0.0
 
@@ -56,6 +68,7 @@ class SuiteRun:
             tests=[TestOutcome(**t) for t in data.get("tests", [])],
             flags=list(data.get("flags", [])),
             artifacts=[Artifact(**a) for a in data.get("artifacts", [])],
+            leaderboard=[LeaderboardEntry(**e) for e in data.get("leaderboard", [])],
             log=data.get("log", ""),
             wall_time_s=data.get("wall_time_s", 0.0),
         )

@@ -34,8 +34,8 @@ from _pytest.config import default_plugins
 
 from autograder.config import Assignment, Limits
 from autograder.errors import AutograderError
-from autograder.grading import harness, sandbox
-from autograder.grading.models import Artifact, SuiteRun, TestOutcome
+from autograder.grading import harness, leaderboard, sandbox
+from autograder.grading.models import Artifact, LeaderboardEntry, SuiteRun, TestOutcome
 from autograder.grading.output_drain import read_tail
 from autograder.grading.sandbox.base import clean_up_after
 
@@ -300,6 +300,7 @@ class _Grading:
     outcomes: dict[str, TestOutcome] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
+    figures: list[LeaderboardEntry] = field(default_factory=list)
     current: str | None = None
     started: bool = False  # the harness collected the suites and said hello
     done: bool = False
@@ -318,7 +319,9 @@ class _Grading:
 
     def suite(self) -> SuiteRun:
         tests = [self.outcomes[t] for t in self.tests]
-        return SuiteRun(tests=tests, flags=list(self.flags), artifacts=self.artifacts)
+        return SuiteRun(
+            tests=tests, flags=list(self.flags), artifacts=self.artifacts, leaderboard=self.figures
+        )
 
     def run(self, context: multiprocessing.context.BaseContext, children: _Children) -> None:
         reader, writer = context.Pipe(duplex=False)
@@ -392,6 +395,8 @@ class _Grading:
             self.flag(message["text"])
         elif kind == "artifact" and len(self.artifacts) < harness.MAX_ARTIFACTS:
             self.artifacts.append(Artifact(str(message["name"]), message["data"]))
+        elif kind == "leaderboard" and len(self.figures) < leaderboard.MAX_ENTRIES:
+            self.figures += leaderboard.from_message(message, self.tests)
         elif kind == "done":
             self.done = True
 

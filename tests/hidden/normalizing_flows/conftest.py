@@ -228,6 +228,17 @@ def record_artifact(request: pytest.FixtureRequest) -> Callable[[str, dict[str, 
     return record
 
 
+@pytest.fixture
+def leaderboard(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``leaderboard(name, value, order="asc")``: a figure for Gradescope's leaderboard ("asc":
+    lower ranks first). ``value`` is a number computed here, never a handle; a value that is not
+    finite is left out, and the grader keeps a test's figures only if the test passes
+    (:mod:`autograder.grading.leaderboard`). Outside the grader: checked, then dropped."""
+    from autograder.grading.leaderboard import recorder
+
+    return recorder(request.config.pluginmanager.get_plugin(HARNESS_PLUGIN))
+
+
 # ---------------------------------------------------------------------------------------------
 # The part's evaluation worker and the checks (autograder/checks). The helpers below are
 # re-exported for the suites that still import them from here; new code imports autograder.checks.
