@@ -276,6 +276,13 @@ def assert_full_marks(
     autograded = sum(c.points for c in cells.values() if not c.manual)
     expected = sum(assignment.parts.values()) + autograded
     assert results["score"] == pytest.approx(expected), context
+    # The leaderboard: the two-moons models' held-out NLL and floor, finite, lower ranks first.
+    board = {entry["name"]: entry for entry in results.get("leaderboard", [])}
+    for model in ("RealNVP", "MAF"):
+        nll = board[f"two moons {model}: held-out NLL (nats)"]
+        floor = board[f"two moons {model}: floor, the true density's NLL (nats)"]
+        assert 0.2 < floor["value"] < nll["value"] <= 0.6, (nll, floor)
+        assert nll["order"] == floor["order"] == "asc"
 
 
 @pytest.mark.parametrize(

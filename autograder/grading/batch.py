@@ -319,6 +319,8 @@ class _BatchGrader:
         run.tests = kept + [t for t in run.tests if t.part in self.parts]
         run.flags = list(dict.fromkeys(previous.flags + run.flags))
         run.artifacts = run.artifacts or previous.artifacts
+        kept_figures = [e for e in previous.leaderboard if e.part not in self.parts]
+        run.leaderboard = kept_figures + run.leaderboard  # this run graded self.parts only
         before = stored.get("parts")
         parts = None if before is None else sorted({*before, *self.parts})
         report = replace(
@@ -357,7 +359,9 @@ class _BatchGrader:
 
     def _store(self, graded: GradedSubmission) -> None:
         """Reports, then ``grading.json`` (the "done" mark), then the CSV of all done ones."""
-        write_reports(graded.out_dir, self.assignment, graded.report)
+        # The leaderboard is the run's (kept with each figure's test in grading.json's run).
+        report = replace(graded.report, leaderboard=graded.run.leaderboard)
+        write_reports(graded.out_dir, self.assignment, report)
         graded.run.wall_time_s = graded.report.wall_time_s
         atomic.write_json(
             graded.out_dir / GRADING,

@@ -1,7 +1,8 @@
 """The ``reports`` stage: what a graded submission leaves behind.
 
 - ``results.json`` in Gradescope's autograder format (one entry per test that ran, tagged with
-  its part; hidden tests shown as ``hidden_tests_visibility`` in ``course.yml`` says);
+  its part; hidden tests shown as ``hidden_tests_visibility`` in ``course.yml`` says), and the
+  figures of the tests that passed as its ``leaderboard`` (:mod:`autograder.grading.leaderboard`);
 - ``feedback.md`` and ``feedback.html`` for the student (:mod:`autograder.grading.feedback`:
   both rendered from one view, everything from the submission escaped): what to fix per part,
   what passed, the pictures. Only the messages the tests wrote for students appear, never a
@@ -21,6 +22,7 @@ from typing import Any
 from autograder.config import Assignment
 from autograder.grading import atomic, feedback
 from autograder.grading.feedback import display_name, points_text, status_words, student_message
+from autograder.grading.leaderboard import gradescope_entries
 from autograder.grading.models import TestOutcome
 from autograder.grading.scoring import ScoredTest, part_points
 from autograder.grading.submission_report import SubmissionReport
@@ -69,7 +71,7 @@ def gradescope_results(assignment: Assignment, report: SubmissionReport) -> dict
             if _pending(test):
                 del entry["status"]
             tests.append(entry)
-    return {
+    results = {
         "score": _round(report.score.total),
         "execution_time": round(report.wall_time_s),
         "output": _summary(assignment, report),
@@ -80,6 +82,10 @@ def gradescope_results(assignment: Assignment, report: SubmissionReport) -> dict
         "tests": tests,
         "extra_data": {"flags": list(report.flags)},
     }
+    board = gradescope_entries(report.leaderboard)
+    if board:  # Gradescope's leaderboard columns (an assignment with it enabled shows them)
+        results["leaderboard"] = board
+    return results
 
 
 def _summary(assignment: Assignment, report: SubmissionReport) -> str:

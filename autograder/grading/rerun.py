@@ -69,4 +69,7 @@ def merge(run: SuiteRun, again: SuiteRun) -> SuiteRun:
         tests.append(replace(test, status=new.status, message=message, duration_s=new.duration_s))
         flags.append(f"{RERUN_NOTE}: {test.name} ({new.status} on the rerun)"[:300])
     flags += [f for f in again.flags if f not in flags]
-    return replace(run, tests=tests, flags=list(dict.fromkeys(flags)))
+    # The rerun's figures in place of the first run's for the same tests (a test that timed out
+    # had none: figures come only from tests that passed).
+    board = [e for e in run.leaderboard if e.nodeid not in fresh] + again.leaderboard
+    return replace(run, tests=tests, flags=list(dict.fromkeys(flags)), leaderboard=board)

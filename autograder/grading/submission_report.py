@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autograder.grading.models import LeaderboardEntry
 from autograder.grading.plots import Pictures
 from autograder.grading.scoring import Score
 
@@ -19,3 +20,4 @@ class SubmissionReport:
     error: str | None = None  # why the submission could not be graded at all
     notes: list[str] = field(default_factory=list)  # for the student, e.g. a missing file
     pictures: Pictures | None = None
+    leaderboard: list[LeaderboardEntry] = field(default_factory=list)  # passed tests' figures
