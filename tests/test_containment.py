@@ -22,6 +22,7 @@ import pytest
 from autograder.config import PACKAGE
 from autograder.errors import AutograderError
 from autograder.grading import sandbox
+from autograder.grading.harness import EVALUATOR_SLOT_OFFSET
 from tests import user_host
 from tests.conftest import REPO
 
@@ -215,3 +216,69 @@ def test_no_spawned_process_survives(batch: Batch) -> None:
     from tests.test_hostile import processes_with
 
     assert processes_with(MARK) == []
+
+
+# -- a Docker-like host: no CAP_SYS_ADMIN (no namespace, no mount), no cgroup tree ------------
+
+EVALUATOR_UID = sandbox.BASE_UID + EVALUATOR_SLOT_OFFSET  # + slot: the evaluation workers'
+LEAVES_IN_EVALUATOR = f"""
+import os as _os, sys as _sys, time as _time
+for _folder in ("/tmp", "/dev/shm", "/var/tmp"):  # the host's own, where no namespace is made
+    try:
+        open(_os.path.join(_folder, {MARK!r} + "-left"), "w").write("left")
+    except OSError:
+        pass
+if _os.getuid() >= {EVALUATOR_UID}:  # the part's evaluation worker
+    if _os.fork() == 0:
+        _os.setsid()
+        _os.execv(_sys.executable, [_sys.executable, "-c", "import time; time.sleep(600)",
+                                    {MARK!r} + "-evaluator"])
+    _time.sleep(600)  # its start hangs until the submission's time runs out: the harness is killed
+"""
+BARE_LIMITS = {"test_timeout_s": 50, "submission_timeout_s": 50}
+
+
+@pytest.fixture(scope="module")
+def bare_batch(tmp_path_factory: pytest.TempPathFactory) -> Batch:
+    """``neighbour`` (the reference) and ``leaves_in_evaluator`` graded under ``user`` where the
+    kernel refuses namespaces and mounts and no cgroup can be made (tests.user_host's
+    ``unprivileged``: an empty tmpfs on /sys/fs/cgroup, CAP_SYS_ADMIN dropped)."""
+    problem = user_host.unavailable() or (None if shutil.which("setpriv") else "no setpriv")
+    if problem is not None:
+        pytest.skip(problem)
+    with user_host.user_host() as host:
+        host.set_limits(**BARE_LIMITS)
+        subs = host.root / "subs"
+        for name in ("neighbour", "leaves_in_evaluator"):
+            shutil.copytree(REFERENCE, subs / name / PACKAGE)
+        with open(subs / "leaves_in_evaluator" / PACKAGE / "composition.py", "a") as handle:
+            handle.write("\n" + LEAVES_IN_EVALUATOR)
+        out = host.root / "out"
+        done = host.run(
+            "grade", "normalizing_flows",
+            str(subs / "neighbour"), str(subs / "leaves_in_evaluator"),
+            "--out", str(out), "--jobs", "2", "--part", "composition", "--sandbox", "user",
+            unprivileged=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        kept = tmp_path_factory.mktemp("out-bare")
+        shutil.copytree(out, kept, dirs_exist_ok=True)
+        yield Batch(kept, [], [], ({}, {}), done.stdout)
+
+
+def test_missing_namespaces_and_cgroups_are_flagged(bare_batch: Batch) -> None:
+    for name in ("neighbour", "leaves_in_evaluator"):
+        flags = bare_batch.results(name)["extra_data"]["flags"]
+        for fragment in ("no network namespace", "no mount namespace", "no memory cgroup"):
+            assert any(fragment in f for f in flags), f"{name}: {fragment!r} not in {flags}"
+    assert bare_batch.results("neighbour")["score"] == FULL, "correct code loses nothing"
+
+
+def test_what_the_evaluator_left_dies_with_the_killed_harness(bare_batch: Batch) -> None:
+    from tests.test_hostile import processes_with
+
+    flags = bare_batch.results("leaves_in_evaluator")["extra_data"]["flags"]
+    assert any(f.startswith("timeout") for f in flags), flags
+    assert processes_with(MARK) == []
+    left = [f"{d}/{MARK}-left" for d in ("/tmp", "/dev/shm", "/var/tmp")]
+    assert [p for p in left if Path(p).exists()] == [], "its files in the host's /tmp"

@@ -43,32 +43,41 @@ class UserHost:
     python: Path  # where the Python install is held while the folder above it is covered
     tmp: Path  # TMPDIR of the grader (mode 1777)
 
-    def command(self, *args: str) -> list[str]:
+    def command(self, *args: str, unprivileged: bool = False) -> list[str]:
         """``python -m autograder *args`` in a mount namespace of its own where the Python
         install is open to others at its own path (its binary may carry an absolute rpath):
         the closed folder above it is covered by an empty tmpfs (mode 755) into which the
-        install alone is bound back."""
+        install alone is bound back.
+
+        ``unprivileged``: as in a Docker container without ``CAP_SYS_ADMIN`` and without a
+        writable cgroup tree: ``/sys/fs/cgroup`` is covered by an empty tmpfs and the grader
+        runs with ``CAP_SYS_ADMIN`` out of its bounding set (no namespace, no mount)."""
         base = Path(sys.base_prefix)
         closed = next((p for p in [*reversed(base.parents), base] if not _passable(p)), None)
-        if closed is None:
-            script = 'exec "$@"'
-        else:
+        script = 'exec "$@"'
+        if closed is not None:
             script = (
                 f'mount --bind "{base}" "{self.python}" && '
                 f'mount -t tmpfs -o mode=755 tmpfs "{closed}" && mkdir -p "{base}" && '
                 f'mount --bind "{self.python}" "{base}" && '
-                f'mount -o remount,bind,ro "{base}" && exec "$@"'
+                f'mount -o remount,bind,ro "{base}" && {script}'
+            )
+        if unprivileged:
+            script = "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup && " + script.replace(
+                'exec "$@"', 'exec setpriv --bounding-set -sys_admin "$@"'
             )
         return [
             "unshare", "--mount", "--propagation", "private", "--",
             "sh", "-c", script, "sh", sys.executable, "-m", "autograder", *args,
         ]  # fmt: skip
 
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, timeout: float = 600, unprivileged: bool = False
+    ) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env["TMPDIR"] = str(self.tmp)
         return subprocess.run(
-            self.command(*args),
+            self.command(*args, unprivileged=unprivileged),
             cwd=self.course,
             env=env,
             capture_output=True,

@@ -340,7 +340,8 @@ class _Grading:
             exitcode, pid = process.exitcode, process.pid
             children.forget(process)
             process.close()
-            self.job.backend.reap(self.job.slot)
+            for slot in (self.job.slot, self.job.slot + harness.EVALUATOR_SLOT_OFFSET):
+                self.job.backend.reap(slot)  # the main worker's and the evaluation worker's
             if pid is not None:
                 clean_up_after(pid, self.job.base)  # a killed harness's cgroups and mounts
         if children.closed:

@@ -19,6 +19,13 @@ from autograder.grading.sandbox.space import is_full, mount_scratch, unmount
 # The worker's own code: copied next to the submission, since the sandbox cannot see the
 # course repository (where the ``autograder`` package lives).
 RUNTIME_FILES = ("worker.py", "protocol.py", "probes.py")
+# What a worker shares with the host when the kernel refuses it a namespace (Docker without
+# CAP_SYS_ADMIN refuses both to the ``user`` backend).
+SHARED_NAMESPACES = {
+    "net": "no network namespace here (the host refused one): student code could reach the network",
+    "mnt": "no mount namespace here (the host refused one): student code shared /tmp, /dev/shm "
+    "and /var/tmp with the host (what it left there was removed)",
+}
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Containment:
         self.cgroup, self.capped, self.scratch = cgroup, capped, scratch
         self.usage = ""
         self.ram_dirs: tuple[str, ...] = ()  # the sandbox's own tmpfs folders (``/tmp``...)
+        self.shared: tuple[str, ...] = ()  # namespaces the host refused it (``net``, ``mnt``)
 
     def entering(self, then: Callable[[], None] | None) -> Callable[[], None]:
         """``then`` preceded by joining the cgroup (as root, before any uid is dropped)."""
@@ -76,6 +84,7 @@ class Containment:
             "pids": "no pids cgroup here: processes are capped per uid only",
         }
         flags = [missing[c] for c in self.cgroup.missing]
+        flags += [SHARED_NAMESPACES[n] for n in self.shared]
         if not self.capped:
             flags.append("scratch folder not capped here (no tmpfs mount): disk is unlimited")
         return flags

@@ -23,11 +23,9 @@ first and the ``KernelManager`` settings. nbclient talks to the kernel over Unix
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
-import shutil
 import stat
 import sys
 import threading
@@ -36,7 +34,7 @@ from pathlib import Path
 
 from autograder.grading.sandbox.base import Backend, python_roots
 from autograder.grading.sandbox.bwrap import BubblewrapBackend
-from autograder.grading.sandbox.unprivileged import BASE_UID, UserBackend
+from autograder.grading.sandbox.unprivileged import BASE_UID, UserBackend, remove_files_of
 
 KERNEL_NAME = "python3"
 KERNEL_UID = BASE_UID + 500  # + slot: the kernels' uids, apart from the workers' (BASE_UID + slot)
@@ -66,7 +64,7 @@ class Kernel:
         """End whatever the kernel left; returns the flags to add to the submission."""
         if self.uid is not None:
             UserBackend.kill_user(self.uid)
-            _remove_files_of(self.uid)
+            remove_files_of(self.uid)
             with _slots_lock:
                 _slots.discard(self.uid - KERNEL_UID)
             if (self.runtime / NO_NETWORK_MARK).exists():
@@ -148,20 +146,6 @@ def _take_slot() -> int:
         slot = next(i for i in range(len(_slots) + 1) if i not in _slots)
         _slots.add(slot)
         return slot
-
-
-def _remove_files_of(uid: int) -> None:
-    """What ``uid`` created at the top of the world-writable folders (only it can write there)."""
-    for folder in WORLD_WRITABLE:
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_uid != uid:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
 
 
 def _open_only(root: Path, targets: list[Path]) -> None:

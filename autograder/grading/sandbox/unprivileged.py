@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -81,14 +82,25 @@ class UserBackend(Backend):
 
         process = self.start_directly(spec, then=drop, box=box)
         process.uid = uid  # type: ignore[attr-defined]
+        # Popen returns after the exec, so the namespaces it has are those it keeps.
+        box.shared = shared_namespaces(process.pid)
+        if "mnt" in box.shared:
+            box.ram_dirs = ()  # the host's own folders: not the sandbox's to fill
         return process
 
     def kill(self, process: subprocess.Popen, spec: WorkerSpec) -> None:
         super().kill(process, spec)
-        self.kill_user(getattr(process, "uid", BASE_UID + spec.slot))
+        self.reap_uid(getattr(process, "uid", BASE_UID + spec.slot))
 
     def reap(self, slot: int) -> None:
-        self.kill_user(BASE_UID + slot)  # processes of a dedicated uid outlive a new session
+        self.reap_uid(BASE_UID + slot)
+
+    def reap_uid(self, uid: int) -> None:
+        """Processes of a dedicated uid outlive a new session: kill them all; and remove what
+        it left in the host's ``/tmp``, ``/dev/shm``, ``/var/tmp`` (where it had no mount
+        namespace; elsewhere it had none of the host's to write in)."""
+        self.kill_user(uid)
+        remove_files_of(uid)
 
     @staticmethod
     def kill_user(uid: int) -> None:
@@ -102,6 +114,30 @@ class UserBackend(Backend):
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
+
+
+def shared_namespaces(pid: int) -> tuple[str, ...]:
+    """The namespaces (``net``, ``mnt``) that process ``pid`` shares with this one."""
+    shared = []
+    for kind in ("net", "mnt"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/{kind}") == os.readlink(f"/proc/self/ns/{kind}"):
+                shared.append(kind)
+    return tuple(shared)
+
+
+def remove_files_of(uid: int) -> None:
+    """What ``uid`` created at the top of the world-writable folders (only it can write there)."""
+    for folder in RAM_DIRS:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_uid != uid:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
 
 
 def _own(folder: Path, uid: int) -> None:
