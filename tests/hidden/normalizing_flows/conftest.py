@@ -151,6 +151,16 @@ def train(worker) -> Handle:
 
 
 @pytest.fixture
+def iaf(worker) -> Handle:
+    return student_module(worker, "iaf")
+
+
+@pytest.fixture
+def glow(worker) -> Handle:
+    return student_module(worker, "glow")
+
+
+@pytest.fixture
 def given(worker) -> Handle:
     """The given ``flows.base`` (``Flow``, ``Reverse``, ``standard_normal``), in the worker."""
     return worker.module("base")

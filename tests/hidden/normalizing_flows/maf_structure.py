@@ -1,4 +1,4 @@
-"""Whole-pattern structure checks of MADE and MAF (used by ``test_maf.py``).
+"""Whole-pattern structure checks of MADE, MAF and IAF (``test_maf.py``, ``test_iaf.py``).
 
 Every structure check sees the whole pattern, so that no test credits a constant, NaN, dense or
 degenerate network: first the outputs must be finite everywhere (a NaN is not "no
@@ -22,6 +22,7 @@ What every valid MADE has, exactly:
 - no hidden layer: every allowed connection is a weight of its own, so every one.
 - a MAF layer's density map ``x -> z``: ``z_{order[k]}`` depends only on ``x[order[:k+1]]``,
   on its own ``x`` (the diagonal, ``exp(-log_scale)``) and, in the last variable, on the first.
+  An IAF layer's sampling map ``z -> x`` has the same pattern (``test_iaf.py``).
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ def expect_made_structure(
         )
 
 
-def expect_autoregressive(flow: Handle, name: str, order: torch.Tensor, x: torch.Tensor) -> None:
-    """The density map ``x -> z`` has the MAF pattern (see the module doc), finite outputs.
+def expect_autoregressive(
+    flow: Handle, name: str, order: torch.Tensor, x: torch.Tensor, direction: str = "inverse"
+) -> None:
+    """The map ``direction`` (MAF's density ``inverse``, IAF's sampling ``forward``) has the
+    autoregressive pattern (see the module doc), finite outputs.
 
     The identity, a constant, a fixed shift or scale, a dense or a NaN layer fail here, so the
     checks after this one say something about the student's layer. The first-to-last
@@ -144,8 +148,10 @@ def expect_autoregressive(flow: Handle, name: str, order: torch.Tensor, x: torch
     required = first_to_last(order) | torch.eye(d, dtype=torch.bool)
     used = torch.zeros_like(allowed)
 
+    out, into = ("z", "x") if direction == "inverse" else ("x", "z")
+
     def density(v: torch.Tensor) -> torch.Tensor:
-        return expect_pair(flow.inverse(v), f"{name}.inverse", *v.shape)[0]
+        return expect_pair(getattr(flow, direction)(v), f"{name}.{direction}", *v.shape)[0]
 
     generator = torch.Generator().manual_seed(d)
     for draw, seed in enumerate(DRAWS):
@@ -156,9 +162,9 @@ def expect_autoregressive(flow: Handle, name: str, order: torch.Tensor, x: torch
         now = (jacobians(density, x).abs() > changed(x.dtype)).any(dim=0)
         leaks = (now & ~allowed).nonzero().tolist()
         assert not leaks, (
-            f"{name}.inverse: z[{leaks[0][0]}] depends on x[{leaks[0][1]}], which comes after "
-            f"it in the order; a MAF layer's shift and scale of each variable see only the "
-            f"variables before it ({len(leaks)} forbidden connection(s))"
+            f"{name}.{direction}: {out}[{leaks[0][0]}] depends on {into}[{leaks[0][1]}], which "
+            f"comes after it in the order; an autoregressive layer's shift and scale of each "
+            f"variable see only the variables before it ({len(leaks)} forbidden connection(s))"
         )
         used |= now
         if bool((required <= used).all()):
@@ -167,10 +173,10 @@ def expect_autoregressive(flow: Handle, name: str, order: torch.Tensor, x: torch
         remote.randomize(flow, DRAWS[0])
     missing = (required & ~used).nonzero().tolist()
     assert not missing, (
-        f"{name}.inverse with random parameters should shift and scale each variable by amounts "
-        f"computed from the variables before it in the order; z[{missing[0][0]}] does not change "
-        f"with x[{missing[0][1]}], so the layer is not autoregressive and this check cannot "
-        "credit it"
+        f"{name}.{direction} with random parameters should shift and scale each variable by "
+        f"amounts computed from the variables before it in the order; {out}[{missing[0][0]}] "
+        f"does not change with {into}[{missing[0][1]}], so the layer is not autoregressive and "
+        "this check cannot credit it"
     )
 
 
@@ -191,21 +197,42 @@ def expect_moves_later(flow: Handle, name: str, order: torch.Tensor, x: torch.Te
 
 def expect_density_formula(flow: Handle, made: Handle, name: str, x: torch.Tensor, tol: float):
     """``flow.inverse(x)`` is ``((x - shift) * exp(-log_scale), -sum(log_scale))`` with
-    ``(shift, log_scale) = made(x)``, ``made`` asked apart from the layer's own call."""
-    n, d = x.shape
-    shift, log_scale = made_values(made, x, f"{name}.made")
-    z, log_det = expect_pair(flow.inverse(x), f"{name}.inverse", n, d)
-    expected = (x.double() - shift) * torch.exp(-log_scale)
-    error = max_error(z, expected)
+    ``(shift, log_scale) = made(x)``, ``made`` asked apart from the layer's own call (MAF)."""
+    return expect_one_pass_formula(flow, made, name, x, tol, "inverse")
+
+
+# The one-pass map of each direction: MAF's density (inverse), IAF's sampling (forward).
+ONE_PASS = {
+    "inverse": ("(x - shift) * exp(-log_scale)", "-sum(log_scale)", "f^-1"),
+    "forward": ("z * exp(log_scale) + shift", "sum(log_scale)", "f"),
+}
+
+
+def expect_one_pass_formula(
+    flow: Handle, made: Handle, name: str, v: torch.Tensor, tol: float, direction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flow.<direction>(v)`` is the affine map of :data:`ONE_PASS` with ``(shift,
+    log_scale) = made(v)``, ``made`` asked apart from the layer's own call."""
+    n, d = v.shape
+    formula, det_formula, map_name = ONE_PASS[direction]
+    shift, log_scale = made_values(made, v, f"{name}.made")
+    out, log_det = expect_pair(getattr(flow, direction)(v), f"{name}.{direction}", n, d)
+    sign = 1.0 if direction == "forward" else -1.0
+    if direction == "forward":
+        expected = v.double() * torch.exp(log_scale) + shift
+    else:
+        expected = (v.double() - shift) * torch.exp(-log_scale)
+    error = max_error(out, expected)
+    given = formula.split(" ")[0].strip("(")
     assert error < tol, (
-        f"{name}.inverse(x) should be (x - shift) * exp(-log_scale) with (shift, log_scale) "
-        f"= made(x); the largest difference is {error:.3g} (sample 0: expected "
-        f"{expected[0].tolist()}, got {z[0].tolist()})"
+        f"{name}.{direction}({given}) should be {formula} with (shift, log_scale) = "
+        f"made({given}); the largest difference is {error:.3g} (sample 0: expected "
+        f"{expected[0].tolist()}, got {out[0].tolist()})"
     )
-    expected_log_det = -log_scale.sum(-1)
+    expected_log_det = sign * log_scale.sum(-1)
     error = max_error(log_det, expected_log_det)
     assert error < tol, (
-        f"{name}.inverse should return log|det J_f^-1(x)| = -sum(log_scale); expected "
+        f"{name}.{direction} should return log|det J_{map_name}| = {det_formula}; expected "
         f"{expected_log_det.tolist()}, got {log_det.tolist()}"
     )
     return shift, log_scale
