@@ -687,3 +687,77 @@ def test_batch_attacks_leave_other_submissions_alone(
         assert by_name[name].run.flags == []
     assert fingerprint(*(REPO / w for w in WATCHED)) == before
     assert processes_with(MARK) == []
+
+
+# -- a notebook that plants links where the grader (root) writes the executed notebook ----------
+
+PLANT_LINKS = """
+import glob, os
+planted = []
+for folder in [os.getcwd(), *glob.glob(os.path.join(os.getcwd(), "..", "autograded", "*", "*"))]:
+    for name in ("explore.ipynb", "explore.html"):
+        path = os.path.join(folder, name)
+        try:
+            if os.path.lexists(path):
+                os.remove(path)
+            os.symlink({target!r} if name.endswith("ipynb") else {secret!r}, path)
+            planted.append(path)
+        except OSError:
+            pass
+print("PLANTED", planted)
+"""
+
+
+def _linking_notebook(assignment: Assignment, folder: Path, target: Path, secret: Path) -> Path:
+    """The stubs and the released notebook, its first cell planting the links."""
+    import nbformat
+
+    from autograder.examples import STUBS, materialize
+
+    submitted = materialize(assignment, STUBS, folder)
+    nb = nbformat.read(assignment.release_dir / assignment.notebook.file, as_version=4)
+    code = PLANT_LINKS.format(target=str(target), secret=str(secret))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(code))
+    nbformat.write(nb, submitted / "explore.ipynb")
+    return submitted
+
+
+@pytest.mark.parametrize("backend_name", ["bwrap", "user"])
+def test_notebook_links_never_redirect_the_graders_writes(
+    assignment: Assignment, tmp_path: Path, backend_name: str
+) -> None:
+    """The kernel writes only its own folder: a link it plants where nbgrader (as root) writes
+    the executed notebook, or where the grader reads it back for formgrader, would write over
+    (or copy out) any file of the host."""
+    import nbformat
+
+    from tests import user_host
+
+    if backend_name == "user" and user_host.unavailable():
+        pytest.skip(user_host.unavailable())
+    if backend_name == "bwrap":
+        try:
+            sandbox.choose("bwrap")
+        except AutograderError as exc:
+            pytest.skip(f"bubblewrap cannot run here: {exc}")
+    with user_host.user_host() as host:  # the victims lie outside every sandbox folder
+        target, secret = host.root / "target.txt", host.root / "secret.txt"
+        target.write_text("untouched")
+        secret.write_text(f"SECRET-{MARK}")
+        submitted = _linking_notebook(assignment, host.root / "student", target, secret)
+        db = host.root / "db"
+        db.mkdir()
+        args = ["--out", str(host.root / "out"), "--sandbox", backend_name, "--part", "notebook"]
+        args += ["--db", f"sqlite:///{db / 'gradebook.db'}"]
+        done = host.run("grade", "normalizing_flows", str(submitted), *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        kept = sorted(db.rglob("*.ipynb"))
+        assert kept, done.stderr[-2000:]
+        outputs = "".join(
+            o.get("text", "")
+            for c in nbformat.read(kept[0], as_version=4).cells
+            for o in c.get("outputs", [])
+        )
+        assert "PLANTED" in outputs, "the planting cell ran"
+        assert target.read_text() == "untouched", "the grader wrote through a planted link"
+        assert not any(MARK in p.read_text(errors="replace") for p in db.rglob("*") if p.is_file())

@@ -158,7 +158,11 @@ def autograde(
         shutil.copytree(workspace / PACKAGE, submitted / PACKAGE)
         (submitted / name).write_bytes(notebook)
         workdir = root / "autograded" / student / assignment.name
-        kernel = prepare_kernel(backend or NoSandbox(), root, workdir, root / "kernel")
+        # The kernel writes only its own copy (see prepare_kernel): nbgrader's folders, where
+        # the grader reads and writes as root, are never the kernel's to plant links in.
+        folder = root / "kernel-work"
+        shutil.copytree(workspace / PACKAGE, folder / PACKAGE)
+        kernel = prepare_kernel(backend or NoSandbox(), root, workdir, root / "kernel", folder)
         try:
             error = _autograde_in_child(course, assignment, root, student, kernel)
         finally:

@@ -56,7 +56,7 @@ class Kernel:
 
     env: dict[str, str]
     manager: dict[str, str]
-    runtime: Path
+    runtime: Path  # the marks the launcher leaves are beside it, in a folder the kernel can't reach
     uid: int | None = None  # the dedicated uid (``user`` backend)
     flags: list[str] = field(default_factory=list)
 
@@ -67,12 +67,12 @@ class Kernel:
             remove_files_of(self.uid)
             with _slots_lock:
                 _slots.discard(self.uid - KERNEL_UID)
-            if (self.runtime / NO_NETWORK_MARK).exists():
+            if (_marks(self.runtime) / NO_NETWORK_MARK).exists():
                 self.flags.append(
                     "no network namespace for the notebook kernel: the host refused one, so "
                     "the notebook could reach the network"
                 )
-            if (self.runtime / SHARED_TMP_MARK).exists():
+            if (_marks(self.runtime) / SHARED_TMP_MARK).exists():
                 self.flags.append(
                     "no mount namespace for the notebook kernel: it shared /tmp, /var/tmp and "
                     "/dev/shm with the host (what it left there was removed)"
@@ -80,13 +80,19 @@ class Kernel:
         return self.flags
 
 
-def prepare_kernel(backend: Backend, course_root: Path, workdir: Path, runtime: Path) -> Kernel:
+def prepare_kernel(
+    backend: Backend, course_root: Path, workdir: Path, runtime: Path, folder: Path | None = None
+) -> Kernel:
     """Write the kernel spec under ``runtime`` for ``backend``.
 
     ``course_root``: nbgrader's course folder (holds the source notebook and the gradebook);
     ``workdir``: where nbgrader executes the notebook, inside it; ``runtime``: a fresh folder
-    for the spec, the connection file and the sockets.
+    for the spec, the connection file and the sockets; ``folder``: the folder the kernel works
+    in and may write (``bwrap`` shows it at ``workdir``), apart from ``workdir``, where the
+    grader, as root, writes the executed notebook: a link the kernel planted there would
+    redirect that write (or the reads after it) to any file of the host. ``None``: ``workdir``.
     """
+    folder = folder or workdir
     home = runtime / "tmp"
     home.mkdir(parents=True, exist_ok=True)
     env = {
@@ -96,21 +102,22 @@ def prepare_kernel(backend: Backend, course_root: Path, workdir: Path, runtime: 
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
         "JUPYTER_RUNTIME_DIR": str(runtime),
-        "PYTHONPATH": str(workdir),
+        "PYTHONPATH": str(folder if isinstance(backend, UserBackend) else workdir),
         "PATH": "/usr/bin:/bin",
     }
     kernel_argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     uid = None
     flags: list[str] = []
     if isinstance(backend, BubblewrapBackend):
-        binds = [(str(workdir), str(workdir), True), (str(runtime), str(runtime), True)]
+        binds = [(str(folder), str(workdir), True), (str(runtime), str(runtime), True)]
         binds += [(p, p, False) for p in READ_ONLY_EXTRAS if os.path.isdir(p)]
         argv = backend.wrap(kernel_argv, binds=binds, chdir=str(workdir), env=env)
     elif isinstance(backend, UserBackend):
         uid = KERNEL_UID + _take_slot()
         UserBackend.kill_user(uid)
-        spec = {"uid": uid, "root": str(course_root), "open": [str(workdir), str(runtime)]}
+        spec = {"uid": uid, "root": str(course_root), "open": [str(folder), str(runtime)]}
         spec["env"] = env
+        _marks(runtime).mkdir(mode=0o700)  # root's: the kernel cannot remove what is said there
         launcher = [sys.executable, "-I", "-m", __name__, json.dumps(spec)]
         argv = [*launcher, *kernel_argv]
     else:
@@ -139,6 +146,11 @@ def sandboxed_kernel(workdir: Path, runtime: Path) -> tuple[dict[str, str], dict
         raise RuntimeError(f"no sandbox for the notebook kernel: {problem}")
     kernel = prepare_kernel(backend, runtime.parent, workdir, runtime)
     return kernel.env, kernel.manager
+
+
+def _marks(runtime: Path) -> Path:
+    """Where the launcher says what the host refused the kernel (beside its runtime folder)."""
+    return runtime.with_name(runtime.name + "-marks")
 
 
 def _take_slot() -> int:
@@ -203,9 +215,9 @@ def _launch(spec_text: str, argv: list[str]) -> None:  # pragma: no cover - runs
     os.chown(connection, uid, uid)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
-        (runtime / NO_NETWORK_MARK).touch()
+        (_marks(runtime) / NO_NETWORK_MARK).touch()
     if not _private_tmp(libc, [Path(spec["root"]), *python_roots()]):
-        (runtime / SHARED_TMP_MARK).touch()
+        (_marks(runtime) / SHARED_TMP_MARK).touch()
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
