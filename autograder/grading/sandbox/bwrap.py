@@ -144,20 +144,28 @@ class BubblewrapBackend(Backend):
 
 
 @functools.cache
-def _probe(binary: str) -> str | None:
-    """Whether ``bwrap`` can make its namespaces here (user namespaces may be refused)."""
-    try:
-        done = subprocess.run(
-            [binary, "--unshare-all", "--uid", str(SANDBOX_UID), "--ro-bind", "/", "/", "true"],
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bwrap did not run ({exc})"
-    if done.returncode != 0:
-        reason = done.stderr.decode(errors="replace").strip().splitlines()
-        return f"bwrap cannot create namespaces here ({reason[-1] if reason else done.returncode})"
-    return None
+def _probe(binary: str, tries: int = 3) -> str | None:
+    """Whether ``bwrap`` can make its namespaces here (user namespaces may be refused).
+
+    Tried up to ``tries`` times: ``--ro-bind / /`` remounts every mount below ``/``, and one that
+    vanishes meanwhile (another grader's capped scratch folder under ``/tmp``) fails that try.
+    """
+    problem = None
+    for _ in range(tries):
+        try:
+            done = subprocess.run(
+                [binary, "--unshare-all", "--uid", str(SANDBOX_UID), "--ro-bind", "/", "/", "true"],
+                capture_output=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bwrap did not run ({exc})"
+        if done.returncode == 0:
+            return None
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else done.returncode
+        problem = f"bwrap cannot create namespaces here ({reason})"
+    return problem
 
 
 @functools.cache
