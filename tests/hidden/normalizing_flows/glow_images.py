@@ -32,10 +32,13 @@ def per_channel(t: torch.Tensor) -> torch.Tensor:
     return pixels_as_rows(t) if t.dim() > 2 else t
 
 
-def skewed_batch(shape: tuple[int, ...], key: str) -> torch.Tensor:
+def skewed_batch(shape: tuple[int, ...], key: str | torch.Generator) -> torch.Tensor:
     """A float64 batch far from standard: per channel a random mean in [-4, 4] and standard
-    deviation in [e^-1.5, e^1.5], drawn here from ``key`` (a constant answer cannot fit it)."""
-    generator = seeded(key)
+    deviation in [e^-1.5, e^1.5], drawn here from ``key`` (a constant answer cannot fit it).
+
+    ActNorm's first batches and the batches it sees afterwards are all of this kind and of
+    similar sizes, so a layer cannot tell a grader's first batch from a later one."""
+    generator = seeded(key) if isinstance(key, str) else key
     channels = shape[1]
     view = (1, channels) + (1,) * (len(shape) - 2)
     mean = (8 * torch.rand(channels, generator=generator, dtype=torch.float64) - 4).view(view)

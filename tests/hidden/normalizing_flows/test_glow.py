@@ -60,7 +60,14 @@ def actnorm_case(features: int) -> LayerCase:
         image_pair(flow(first), f"ActNorm({features}).forward on its first batch", first.shape)
         return flow
 
-    return LayerCase(f"ActNorm({features}) initialised", build, features, randomize=None)
+    return LayerCase(
+        f"ActNorm({features}) initialised",
+        build,
+        features,
+        batch=32,  # later batches as large and as skewed as the first (see skewed_batch)
+        randomize=None,
+        sampler=lambda n, generator: skewed_batch((n, features), generator),
+    )
 
 
 def lu_case(features: int, randomize: float | None = 0.3) -> LayerCase:
@@ -132,7 +139,7 @@ def test_actnorm_state_dict_keeps_initialisation(modules, check, dtype):
     """A copy of an initialised ActNorm rebuilt from its state_dict does not initialise again
     (whether it is initialised is part of its state)"""
     flow = actnorm(modules, 4, dtype, "state", (48, 4))
-    x = skewed_batch((8, 4), "state/x").to(dtype) * 3 - 2
+    x = skewed_batch((48, 4), "state/x").to(dtype)
     check.faithful_twin(flow, x, "ActNorm(4) after its first batch")
 
 
@@ -141,11 +148,11 @@ def test_actnorm_parameters_train(modules, check):
     """After its first batch ActNorm's shift and scale are ordinary trainable parameters:
     autograd's gradients match finite differences, and re-drawing them changes the map"""
     flow = actnorm(modules, 3, torch.float64, "train", (40, 3))
-    x = skewed_batch((4, 3), "train/x")
+    x = skewed_batch((40, 3), "train/x")
     check.gradients(flow, x, "ActNorm(3) after its first batch")
-    before, _ = expect_pair(flow(x), "ActNorm(3).forward", 4, 3)
+    before, _ = expect_pair(flow(x), "ActNorm(3).forward", 40, 3)
     remote.randomize(flow, 1234)
-    after, _ = expect_pair(flow(x), "ActNorm(3).forward", 4, 3)
+    after, _ = expect_pair(flow(x), "ActNorm(3).forward", 40, 3)
     assert max_error(before, after) > MOVED, (
         "ActNorm(3): re-drawing its trainable parameters did not change its output; its shift "
         "and scale should be trainable parameters (torch.nn.Parameter) that the map uses"
@@ -191,6 +198,7 @@ def test_1x1_is_lu_parametrised(modules, check, features):
     flow.to(dtype=torch.float64)
     name = f"Invertible1x1({features})"
     generator = torch.Generator().manual_seed(features)
+    determinants = []
     for seed in (11, 12, 13):
         remote.randomize(flow, seed, 0.8)
         z = torch.randn(5, features, generator=generator, dtype=torch.float64)
@@ -214,6 +222,13 @@ def test_1x1_is_lu_parametrised(modules, check, features):
             f"whatever the parameters (the LU form guarantees it); got {log_det[:3].tolist()}"
         )
         check.invertible(flow, z, drawn)
+        determinants.append(expected)
+    spread = max(determinants) - min(determinants)
+    assert spread > 1e-3, (
+        f"{name}: W is learned, so re-drawing its trainable parameters should change W and "
+        f"its determinant; log|det W| stayed {determinants[0]:.6f} over three draws (a fixed "
+        "matrix, a permutation say, is not a 1x1 convolution that trains)"
+    )
 
 
 def test_1x1_log_det_is_linear_time(modules, check):
@@ -236,7 +251,7 @@ def test_1x1_log_det_is_linear_time(modules, check):
     check.cheap(flow, x, name, ("inverse",), allowed=solves | {"linalg_lu"})
 
 
-IMAGE_SHAPES = [(3, 3, 2, 2), (2, 2, 3, 4)]
+IMAGE_SHAPES = [(6, 3, 2, 2), (2, 2, 3, 4)]
 
 
 @pytest.mark.weight(3)
@@ -248,7 +263,7 @@ def test_images(modules, check, dtype, tol, jacobian_tol, layer, shape):
     twin inverts it"""
     channels = shape[1]
     if layer == "ActNorm":
-        flow = actnorm(modules, channels, dtype, f"images/{shape}", (4, channels, 3, 3))
+        flow = actnorm(modules, channels, dtype, f"images/{shape}", shape)
     else:
         flow = lu_case(channels).layer(modules, dtype)
     name = f"{layer}({channels})"
@@ -257,7 +272,7 @@ def test_images(modules, check, dtype, tol, jacobian_tol, layer, shape):
     expect_acts_per_pixel(flow, images, name, "inverse", tol)
     for direction in DIRECTIONS:
         expect_image_log_det(flow, images, name, direction, jacobian_tol)
-    twin = check.faithful_twin(flow, skewed_batch((4, channels), f"twin/{shape}").to(dtype), name)
+    twin = check.faithful_twin(flow, skewed_batch((24, channels), f"twin/{shape}").to(dtype), name)
     back, _ = image_pair(twin.inverse(out), f"{name}.inverse (its twin) on images", shape)
     error = max_error(back, images)
     assert error < tol, (
