@@ -36,6 +36,7 @@ from tests.adaptive_code import (
     SAMPLING_D_PLUS_1,
     ZERO_MASKS,
 )
+from tests.adaptive_issue15 import variants as issue15_variants
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,7 @@ VARIANTS: dict[str, Variant] = {
     ),
     "valid_conditional_to": Variant((("train.py", CONDITIONAL_TO),), (TRAIN,), valid=True),
 }
+VARIANTS.update(issue15_variants(Variant, memo))  # iaf and glow
 CHEATS = sorted(n for n, v in VARIANTS.items() if v.twins)
 VALID = sorted(n for n, v in VARIANTS.items() if v.valid)
 TWINS = sorted({twin for v in VARIANTS.values() for twin in v.twins.values()})

@@ -183,13 +183,14 @@ def test_mirror_of_maf(case, modules, dtype):
 
 
 def test_sampling_is_linear_time(modules, check):
-    """IAF's sampling with 1024 features is one pass and computes no determinant"""
-    case = iaf_case(1024, 16, None, num_hidden=1)
+    """IAF's sampling with 256 features computes no determinant, inverse or Jacobian, nor does
+    its density with 16"""
+    case = iaf_case(256, 16, None, num_hidden=1)
     flow = case.layer(modules, torch.float32)
     z = case.inputs("cheap", torch.float32, n=16)
     moved = z.clone()
     moved[:, 0] += 1.0
-    x, _ = expect_pair(flow(torch.cat([z, moved])), f"{case.name}.forward", 32, 1024)
+    x, _ = expect_pair(flow(torch.cat([z, moved])), f"{case.name}.forward", 32, 256)
     change = max_error(x[:16, 1:], x[16:, 1:])
     assert change > MOVED, (
         f"{case.name}.forward with random parameters: changing z[0] alone changed the later "
