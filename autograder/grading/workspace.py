@@ -1,8 +1,9 @@
 """Lay out the folder a submission is graded in: the course's ``flows/`` with the student's files.
 
 ``scratch/flows/`` receives every file of the release's ``flows/`` (the given files
-``__init__.py``, ``base.py``, ``data.py`` and the stubs), then the student's files on top. A
-student file that is missing keeps the release stub, so its tests fail with
+``__init__.py``, ``base.py``, ``data.py``, the stubs, and the data files of the selected parts,
+such as ``digits.csv.gz`` that ``data.digits()`` reads in the worker), then the student's files
+on top. A student file that is missing keeps the release stub, so its tests fail with
 ``not implemented yet: ...`` rather than with an import error in another part.
 """
 
@@ -35,7 +36,8 @@ def prepare_workspace(assignment: Assignment, student: StudentFiles, scratch: Pa
     package = Path(scratch) / PACKAGE
     package.mkdir(parents=True, exist_ok=True)
     for given in sorted(release.iterdir()):
-        if given.is_file() and given.suffix == ".py":
+        # Every given file, data included (a cache of compiled modules is not one).
+        if given.is_file() and given.suffix != ".pyc":
             shutil.copyfile(given, package / given.name)
     for name, data in student.files.items():
         (package / name).write_bytes(data)
