@@ -10,9 +10,11 @@ all beside the reference (the neighbour), from a host laid out as Gradescope's `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,9 @@ from autograder.grading import sandbox
 from autograder.grading.harness import EVALUATOR_SLOT_OFFSET
 from tests import user_host
 from tests.conftest import REPO
+from tests.test_hostile import HOST_MARKER, USER_ATTACKS, for_user_host, processes_with
+from tests.test_hostile import MARK as HOSTILE_MARK
+from tests.test_hostile import attacks as hostile_attacks
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +140,9 @@ class Batch:
     after: list[str]
     watched: tuple[dict[str, str], dict[str, str]]  # course files before, after
     stdout: str
+    backend: str = ""
+    hostile: tuple[str, ...] = ()  # test_hostile's attacks in the batch (under ``user``)
+    reached: int = 0  # connections a worker made to the host's listener
 
     def results(self, name: str) -> dict:
         return json.loads((self.out / name / "results.json").read_text())
@@ -158,18 +166,28 @@ def batch(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             sandbox.choose("bwrap")
         except AutograderError as exc:
             pytest.skip(f"bubblewrap cannot run here: {exc}")
-    with user_host.user_host() as host:
+    with user_host.user_host() as host, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
         host.set_limits(**LIMITS)
         subs = host.root / "subs"
+        out = host.root / "out"
         order = ["cpu_hogs", "neighbour", *(n for n in ATTACKS if n != "cpu_hogs")]
+        codes = {name: attack.code for name, attack in ATTACKS.items()}
+        # test_hostile's attacks on the OS sandbox, under ``user`` (bwrap: test_hostile's own)
+        hostile = hostile_attacks(listener.getsockname()[1], out)
+        if request.param == "user":
+            order += USER_ATTACKS
+            codes |= {n: for_user_host(hostile[n], host.course, host.root) for n in USER_ATTACKS}
         for name in order:
             shutil.copytree(REFERENCE, subs / name / PACKAGE)
-            if name in ATTACKS:
+            if name in codes:
                 with open(subs / name / PACKAGE / "composition.py", "a") as handle:
-                    handle.write("\n" + ATTACKS[name].code)
-        out = host.root / "out"
-        watched = host.course / "tests" / "hidden"
-        before, course_before = sorted(p.name for p in host.root.iterdir()), _files(watched)
+                    handle.write("\n" + codes[name])
+        watched = [host.course / "tests" / "hidden", host.course / "solutions"]
+        before = sorted(p.name for p in host.root.iterdir())
+        course_before = {k: v for w in watched for k, v in _files(w).items()}
         done = host.run(
             "grade", "normalizing_flows", *(str(subs / n) for n in order),
             "--out", str(out), "--jobs", "2", "--part", "composition",
@@ -177,9 +195,37 @@ def batch(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         after = sorted(p.name for p in host.root.iterdir())
+        course_after = {k: v for w in watched for k, v in _files(w).items()}
         kept = tmp_path_factory.mktemp(f"out-{request.param}")
         shutil.copytree(out, kept, dirs_exist_ok=True)
-        yield Batch(kept, before, after, (course_before, _files(watched)), done.stdout)
+        reached = 0
+        with contextlib.suppress(BlockingIOError):
+            while listener.accept():
+                reached += 1
+        yield Batch(
+            kept, before, after, (course_before, course_after), done.stdout, request.param,
+            tuple(n for n in order if n in USER_ATTACKS), reached,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", USER_ATTACKS)
+def test_hostile_attack_under_user_earns_what_its_code_earns(batch: Batch, name: str) -> None:
+    """test_hostile's attacks on the OS sandbox, graded under ``user`` beside the neighbour."""
+    if batch.backend != "user":
+        pytest.skip("under bwrap: tests/test_hostile.py grades them in its own batch")
+    attack, results = hostile_attacks(0, batch.out)[name], batch.results(name)
+    failed = [(t["name"], t.get("output", "")[:300]) for t in results["tests"] if t["score"] < 1]
+    if attack.zero:
+        assert results["score"] == 0, failed
+    elif attack.at_most:
+        assert results["score"] <= FULL, failed
+    else:
+        assert results["score"] == FULL, failed
+    assert "LEAKED" not in json.dumps(results)
+    shown = "\n".join(results["extra_data"]["flags"])
+    for fragment in attack.flags:
+        assert fragment in shown, f"flag {fragment!r} missing from:\n{shown}"
+    assert batch.reached == 0, "a worker reached the host's listener"
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -209,13 +255,12 @@ def test_nothing_written_outside_the_scratch_folders(batch: Batch) -> None:
     assert batch.after == sorted([*batch.before, "out"])
     assert batch.watched[0] == batch.watched[1], "the course copy's hidden suites"
     folders = sorted(p.name for p in batch.out.iterdir() if p.is_dir())
-    assert folders == sorted([*ATTACKS, "neighbour"]), "nothing beside the results"
+    assert folders == sorted([*ATTACKS, *batch.hostile, "neighbour"]), "nothing beside results"
 
 
 def test_no_spawned_process_survives(batch: Batch) -> None:
-    from tests.test_hostile import processes_with
-
-    assert processes_with(MARK) == []
+    assert processes_with(MARK) == [] and processes_with(HOSTILE_MARK) == []
+    assert not HOST_MARKER.exists()
 
 
 # -- a Docker-like host: no CAP_SYS_ADMIN (no namespace, no mount), no cgroup tree ------------
@@ -275,8 +320,6 @@ def test_missing_namespaces_and_cgroups_are_flagged(bare_batch: Batch) -> None:
 
 
 def test_what_the_evaluator_left_dies_with_the_killed_harness(bare_batch: Batch) -> None:
-    from tests.test_hostile import processes_with
-
     flags = bare_batch.results("leaves_in_evaluator")["extra_data"]["flags"]
     assert any(f.startswith("timeout") for f in flags), flags
     assert processes_with(MARK) == []

@@ -761,3 +761,28 @@ def test_notebook_links_never_redirect_the_graders_writes(
         assert "PLANTED" in outputs, "the planting cell ran"
         assert target.read_text() == "untouched", "the grader wrote through a planted link"
         assert not any(MARK in p.read_text(errors="replace") for p in db.rglob("*") if p.is_file())
+
+
+# -- the same attacks under the `user` backend, on a host laid out as Gradescope's setup.sh does -
+
+# What the OS sandbox must stop (files, processes, network, output), graded under ``user`` in
+# tests/test_containment.py's batch (one batch per backend); the attacks on Python objects
+# (lying tensors, frame walks, patched libraries) meet the same harness under any backend.
+USER_ATTACKS = (
+    "reaches_course_and_output_files",
+    "network_and_processes",
+    "detached_processes",
+    "fork_bomb",
+    "forges_results_and_messages",
+    "prints_300_mb",
+)
+
+
+def for_user_host(attack: Attack, course: Path, root: Path) -> str:
+    """``attack``'s code aimed at a course copy laid out for ``user`` (:mod:`tests.user_host`).
+
+    The sandbox user sees the host's open folders (this CI host's own repository among them),
+    so the hunt for the hidden suites' files covers the laid-out host ``root``.
+    """
+    code = attack.code.replace(str(REPO), str(course))
+    return code.replace('_os.walk("/")', f"_os.walk({str(root)!r})")
