@@ -5,12 +5,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from autograder.config import Assignment, Course, load_course
+from autograder.config import Assignment, Course, Limits, load_course
+
+if TYPE_CHECKING:
+    from autograder.grading.remote import Session
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "normalizing_flows"
@@ -66,3 +70,36 @@ def autograder_cli() -> CliRunner:
         return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
     return run
+
+
+def sandboxed_pair(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, str], limits: Limits, slot: int
+) -> Iterator[tuple[Session, Session]]:
+    """Two sandboxed workers (:class:`autograder.grading.remote.Session`, slots ``slot`` and
+    ``slot + 1``) on the reference's ``flows/`` with ``files`` added (name -> source), under
+    the best backend here (skips without one); for a module fixture to ``yield from``. The
+    second plays the evaluation worker of :mod:`autograder.checks`."""
+    from autograder.config import PACKAGE
+    from autograder.errors import AutograderError
+    from autograder.grading import sandbox
+    from autograder.grading.remote import Session
+
+    try:
+        backend = sandbox.choose("auto")
+    except AutograderError as exc:
+        pytest.skip(f"no sandbox here: {exc}")
+    workspace = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(REPO / "solutions" / ASSIGNMENT / PACKAGE, workspace / PACKAGE)
+    for name, source in files.items():
+        (workspace / PACKAGE / name).write_text(source)
+    made = [
+        Session(backend, workspace, tmp_path_factory.mktemp(f"base{i}"), limits, slot=slot + i)
+        for i in range(2)
+    ]
+    for session in made:
+        session.launch()
+    try:
+        yield made[0], made[1]
+    finally:
+        for session in made:
+            session.close()

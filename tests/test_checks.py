@@ -9,7 +9,6 @@ check, and a layer whose inverse is right only behind a table of its own recent 
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -24,11 +23,9 @@ from autograder.checks import (
     jacobians,
     max_error,
 )
-from autograder.config import PACKAGE, Limits
-from autograder.errors import AutograderError
-from autograder.grading import sandbox
+from autograder.config import Limits
 from autograder.grading.remote import Session
-from tests.conftest import ASSIGNMENT, REPO
+from tests.conftest import sandboxed_pair
 
 LIMITS = Limits(test_timeout_s=60, submission_timeout_s=120, memory_mb=3072, max_processes=32)
 
@@ -112,24 +109,7 @@ def test_layer_case_inputs_differ_per_check_and_repeat_per_key() -> None:
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session, Session]]:
-    try:
-        backend = sandbox.choose("auto")
-    except AutograderError as exc:
-        pytest.skip(f"no sandbox here: {exc}")
-    workspace = tmp_path_factory.mktemp("workspace")
-    shutil.copytree(REPO / "solutions" / ASSIGNMENT / PACKAGE, workspace / PACKAGE)
-    (workspace / PACKAGE / "cheats.py").write_text(CHEATS)
-    made = [
-        Session(backend, workspace, tmp_path_factory.mktemp(f"base{i}"), LIMITS, slot=70 + i)
-        for i in range(2)
-    ]
-    for session in made:
-        session.launch()
-    try:
-        yield made[0], made[1]
-    finally:
-        for session in made:
-            session.close()
+    yield from sandboxed_pair(tmp_path_factory, {"cheats.py": CHEATS}, LIMITS, slot=70)
 
 
 def test_a_correct_coupling_layer_passes_every_check(workers) -> None:

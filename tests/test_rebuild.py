@@ -9,17 +9,14 @@ outputs kept in a module global).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from autograder.config import PACKAGE, Limits
-from autograder.errors import AutograderError
-from autograder.grading import sandbox
+from autograder.config import Limits
 from autograder.grading.remote import Session, fetch, randomize, rebuild
-from tests.conftest import ASSIGNMENT, REPO
+from tests.conftest import sandboxed_pair
 
 LIMITS = Limits(test_timeout_s=60, submission_timeout_s=120, memory_mb=3072, max_processes=32)
 
@@ -62,31 +59,8 @@ class Memo(Flow):
 
 
 @pytest.fixture(scope="module")
-def backend() -> sandbox.Backend:
-    try:
-        return sandbox.choose("auto")
-    except AutograderError as exc:
-        pytest.skip(f"no sandbox here: {exc}")
-
-
-@pytest.fixture(scope="module")
-def sessions(
-    backend: sandbox.Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Session, Session]]:
-    workspace = tmp_path_factory.mktemp("workspace")
-    shutil.copytree(REPO / "solutions" / ASSIGNMENT / PACKAGE, workspace / PACKAGE)
-    (workspace / PACKAGE / "tricky.py").write_text(TRICKY)
-    made = [
-        Session(backend, workspace, tmp_path_factory.mktemp(f"base{i}"), LIMITS, slot=60 + i)
-        for i in range(2)
-    ]
-    for session in made:
-        session.launch()
-    try:
-        yield made[0], made[1]
-    finally:
-        for session in made:
-            session.close()
+def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session, Session]]:
+    yield from sandboxed_pair(tmp_path_factory, {"tricky.py": TRICKY}, LIMITS, slot=60)
 
 
 def points(n: int = 6, d: int = 4, seed: int = 0) -> torch.Tensor:
