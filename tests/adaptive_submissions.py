@@ -36,6 +36,8 @@ from tests.adaptive_code import (
     SAMPLING_D_PLUS_1,
     ZERO_MASKS,
 )
+from tests.adaptive_digits import digits_prefit_state
+from tests.adaptive_digits import variants as digits_variants
 from tests.adaptive_issue15 import variants as issue15_variants
 
 
@@ -323,6 +325,7 @@ VARIANTS: dict[str, Variant] = {
     "valid_conditional_to": Variant((("train.py", CONDITIONAL_TO),), (TRAIN,), valid=True),
 }
 VARIANTS.update(issue15_variants(Variant, memo))  # iaf and glow
+VARIANTS.update(digits_variants(Variant))  # dequantize and digits
 CHEATS = sorted(n for n, v in VARIANTS.items() if v.twins)
 VALID = sorted(n for n, v in VARIANTS.items() if v.valid)
 TWINS = sorted({twin for v in VARIANTS.values() for twin in v.twins.values()})
@@ -354,6 +357,7 @@ def prefit_blob(solution_dir: Path, steps: int = 1000) -> str:
         data = two_moons(4000, 0.05, seed=0)
         train(flow, data, steps=steps, batch_size=256, lr=3e-3, device="cpu", seed=0)
         fits[name] = flow.state_dict()
+    fits["digits"] = digits_prefit_state(solution_dir, steps)  # the digits cheat's
     buffer = io.BytesIO()
     torch.save(fits, buffer)
     return base64.b64encode(buffer.getvalue()).decode()
