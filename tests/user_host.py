@@ -106,8 +106,9 @@ def unavailable() -> str | None:
         return "laying out a user-backend host needs root"
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         return "no unshare/mount binaries"
-    if sys.prefix != sys.base_prefix:
-        return "the grader runs in a venv (only a base install is bound open)"
+    venv = Path(sys.prefix)
+    if venv != Path(sys.base_prefix) and not all(map(_passable, [*venv.parents, venv])):
+        return f"the grader runs in a venv that others cannot reach ({venv})"
     return None
 
 
