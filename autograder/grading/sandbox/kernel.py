@@ -37,7 +37,9 @@ from autograder.grading.sandbox.bwrap import BubblewrapBackend
 from autograder.grading.sandbox.unprivileged import BASE_UID, UserBackend, remove_files_of
 
 KERNEL_NAME = "python3"
-KERNEL_UID = BASE_UID + 500  # + slot: the kernels' uids, apart from the workers' (BASE_UID + slot)
+# + slot: the kernels' uids, after the main workers' (BASE_UID + slot) and the evaluation
+# workers' (BASE_UID + 512 + slot): at 500, a 13th notebook at once took an evaluator's uid
+KERNEL_UID = BASE_UID + 1024
 NO_NETWORK_MARK = "no-network-namespace"  # written by the launcher where unshare failed
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
 READ_ONLY_EXTRAS = ("/etc/fonts", "/var/cache/fontconfig")  # matplotlib's fonts
