@@ -3,7 +3,8 @@
 For hosts that refuse user namespaces (some container platforms): the worker runs as uid
 ``BASE_UID + slot``, with no supplementary groups, in a private network namespace and a
 private mount namespace with capped ``/tmp``, ``/dev/shm`` and ``/var/tmp`` of its own (entered as
-root before the drop, where the kernel allows it), with the same resource limits and cgroup. The OS
+root before the drop, where the kernel allows it: a namespace it refuses, as Docker does without
+CAP_SYS_ADMIN, is a flag naming it), with the same resource limits and cgroup. The OS
 refuses it the course's files only if they are unreadable to others, which :meth:`unavailable`
 checks, and its Python install must be readable to it. Killing every process of that uid (a
 ``kill(-1)`` as that user) ends whatever the submission started.
