@@ -109,20 +109,22 @@ def trained_twin(flow: Handle, evaluator: remote.Session) -> tuple[Handle, Handl
 
 
 # One training per grading run, shared by the two tests that score it: the numbers (or the
-# failure) of this run's secret task, kept here as data (handles die with their worker).
-_OUTCOMES: dict[int, Outcome | BaseException] = {}
+# failure) of this run's secret task, kept as data in this pytest session's stash (handles
+# die with their worker; another session, even in the same process, starts afresh).
+OUTCOMES = pytest.StashKey[dict[int, "Outcome | BaseException"]]()
 
 
 def outcome_of(request: pytest.FixtureRequest, task: DigitsTask, images: torch.Tensor) -> Outcome:
     """make_flow() trained once with the student's train and scored here as its twin; a later
     test of the same run gets the same numbers (or the same failure) without training again."""
-    if task.secret not in _OUTCOMES:
+    outcomes = request.config.stash.setdefault(OUTCOMES, {})
+    if task.secret not in outcomes:
         try:
-            _OUTCOMES[task.secret] = train_and_score(request, task, images)
+            outcomes[task.secret] = train_and_score(request, task, images)
         except BaseException as exc:  # a failure (or a timeout) is this run's outcome too
-            _OUTCOMES[task.secret] = exc
+            outcomes[task.secret] = exc
             raise
-    result = _OUTCOMES[task.secret]
+    result = outcomes[task.secret]
     if isinstance(result, BaseException):
         raise result
     return result
