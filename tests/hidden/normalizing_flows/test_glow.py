@@ -31,7 +31,7 @@ from glow_images import (
 )
 from maf_structure import MOVED
 
-from autograder.checks import LayerCase, expect_pair, max_error
+from autograder.checks import LayerCase, expect_pair, expect_tensor, max_error
 from autograder.grading import remote
 
 SHAPES = [(64, 3), (40, 6), (6, 3, 4, 4)]  # features, and images (batch, C, H, W)
@@ -228,6 +228,37 @@ def test_1x1_is_lu_parametrised(modules, check, features):
         f"{name}: W is learned, so re-drawing its trainable parameters should change W and "
         f"its determinant; log|det W| stayed {determinants[0]:.6f} over three draws (a fixed "
         "matrix, a permutation say, is not a 1x1 convolution that trains)"
+    )
+
+
+@pytest.mark.weight(2)
+def test_1x1_trains_every_entry(modules, probes):
+    """W = P L U' has d^2 free entries: moving Invertible1x1's trainable parameters moves W in
+    every direction of the d x d matrices (no triangle of L or U left out), measured here"""
+    features = 3
+    flow = lu_case(features, 0.5).layer(modules, torch.float64)
+    name = f"Invertible1x1({features})"
+    basis = torch.cat([torch.zeros(1, features, dtype=torch.float64), torch.eye(features)])
+    report = probes.gradient_of_mean(flow, flow, basis, output=0)
+    count = int(expect_tensor(report["parameters"], f"{name}'s gradient").numel())
+    generator = torch.Generator().manual_seed(17)
+
+    def weight(direction: torch.Tensor, step: float) -> torch.Tensor:
+        moved = probes.moved_parameters_call(flow, flow, direction, step, basis)
+        out, _ = expect_pair(moved, f"{name}.forward", *basis.shape)
+        return (out[1:] - out[:1]).double().flatten()  # W.T, flattened
+
+    eps, moves = 1e-6, []
+    for _ in range(max(count, features * features)):
+        direction = torch.randn(count, dtype=torch.float64, generator=generator)
+        moves.append((weight(direction, eps) - weight(direction, -eps)) / (2 * eps))
+    singular = torch.linalg.svdvals(torch.stack(moves)) if moves else torch.zeros(1)
+    rank = int((singular > 1e-6 * max(float(singular[0]), 1e-12)).sum())
+    assert rank == features * features, (
+        f"{name}: W = P L (U + diag(sign * exp(log_abs_s))) has {features * features} free "
+        f"entries (the strict triangles of L and U and the diagonal), so training can move W in "
+        f"every direction; moving its {count} trainable parameter entries moves W in only "
+        f"{rank} (is a triangle of L or U, or the diagonal, left out of W?)"
     )
 
 
