@@ -15,6 +15,11 @@ worker's), and per grading run draws a secret seed (:func:`secret_task.secret_se
   inverted, and images of uniform noise; each built in the public frame, then moved to the
   secret one, so "upside down" means the same thing in every frame).
 
+What the secret cannot hide: the digits are public, so a ``train`` that compares its data with
+them can tell the frame and the split, and load parameters fitted offline in the right frame;
+nothing here tells such a flow from a trained one (a verdict that training moved the parameters
+with the data would). A blob loaded blindly meets the wrong frame in 15 runs of 16.
+
 Densities are computed here from ``(z, log|det J|)`` of the trained flow's twin (rebuilt in the
 evaluation worker, float64): held-out and out-of-distribution points asked together in small
 shuffled batches, twice with other companions (the answers must agree: a density that reads its
