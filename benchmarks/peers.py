@@ -26,7 +26,9 @@ steps/s and held-out bits/dim.
 
 Each figure is the median over ``--seeds`` (a seed sets the data, the initialisation and the
 minibatches), with its range; a rate is first the median over the seed's timed windows (all
-but the first, a warm-up).
+but the first, a warm-up). Two rates: steps per wall-clock second, and steps per second of the
+training thread's CPU time (``time.thread_time``; one torch thread, so that is all the work a
+step costs), which a busy shared machine distorts far less than wall-clock time.
 
     nice -n 5 python benchmarks/peers.py                        # seeds 0 1 2, both sections
     python benchmarks/peers.py --only digits --seeds 0 --steps 400   # smoke run
@@ -174,8 +176,12 @@ def run_race(
         models[name] = make()
     fits = race(models, data, None, settings, settings.steps, seed)
     return {
-        name: {"rate": statistics.median(fits[name].rates), "params": parameters(model)}
-        | {"model": model}
+        name: {
+            "rate": statistics.median(fits[name].rates),
+            "cpu_rate": statistics.median(fits[name].cpu_rates),
+            "params": parameters(model),
+            "model": model,
+        }
         for name, model in models.items()
     }
 
@@ -245,8 +251,8 @@ def spread(values: list[float], digits: int) -> str:
 def table(records: list[dict]) -> str:
     """One Markdown row per (section, pair, model): median and range over the seeds."""
     lines = [
-        "| data | pair | model | parameters | steps/s (1 thread) | held-out |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| data | pair | model | parameters | steps/s (1 thread) | steps per CPU s | held-out |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for record in records:
@@ -256,10 +262,13 @@ def table(records: list[dict]) -> str:
         unit = "nats" if section == "moons" else "bits/dim"
         quality = f"{spread([r[metric] for r in rows], 3)} {unit}"
         if "rate" not in rows[0]:
-            lines.append(f"| {section} | {pair} | {model} | | | {quality} |")
+            lines.append(f"| {section} | {pair} | {model} | | | | {quality} |")
             continue
         rate = spread([r["rate"] for r in rows], 0)
-        lines.append(f"| {section} | {pair} | {model} | {rows[0]['params']} | {rate} | {quality} |")
+        cpu = spread([r["cpu_rate"] for r in rows], 0) if "cpu_rate" in rows[0] else ""
+        lines.append(
+            f"| {section} | {pair} | {model} | {rows[0]['params']} | {rate} | {cpu} | {quality} |"
+        )
     return "\n".join(lines)
 
 

@@ -181,6 +181,9 @@ PAIRS = (Pair("MAF", "zuko", zuko_maf), Pair("RealNVP", "normflows", normflows_r
 @dataclass
 class Fit:
     rates: list[float] = field(default_factory=list)  # steps/s of each timed window
+    # steps per second of this thread's CPU time: on one torch thread, what the steps cost
+    # whatever else the machine runs (wall-clock rates on a loaded machine are not)
+    cpu_rates: list[float] = field(default_factory=list)
     nll: dict[int, float] = field(default_factory=dict)  # held-out NLL after n steps
 
 
@@ -191,12 +194,13 @@ class Training:
         self.model, self.data, self.batch_size = model, data, settings.batch_size
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
         self.generator = torch.Generator(device=data.device).manual_seed(seed)
+        self.cpu_seconds = 0.0  # this thread's CPU time in the last ``advance``
 
     def advance(self, steps: int) -> float:
         """Train ``steps`` steps; returns their wall time (the device synchronized)."""
         device = self.data.device
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         for _ in range(steps):
             index = torch.randint(
                 len(self.data), (self.batch_size,), device=device, generator=self.generator
@@ -206,6 +210,7 @@ class Training:
             loss.backward()
             self.optimizer.step()
         _sync(device)
+        self.cpu_seconds = time.thread_time() - cpu_start
         return time.perf_counter() - start
 
 
@@ -238,6 +243,7 @@ def race(
             seconds = run.advance(n)
             if done > 0:
                 fits[side].rates.append(n / seconds)
+                fits[side].cpu_rates.append(n / max(run.cpu_seconds, 1e-9))
         done += n
         if test is not None and done in settings.checkpoints:
             for side, run in runs.items():

@@ -20,7 +20,8 @@ form so that its determinant is free:
 ``P`` a fixed permutation, ``L`` unit lower-triangular, ``U`` strictly upper-triangular. The
 determinant of a triangular matrix is the product of its diagonal, ``|det P| = 1`` and
 ``det L = 1``, so ``log|det W| = sum(log_abs_s)``: O(d), not the O(d^3) of a determinant. The
-inverse is two triangular solves, exact and O(d^2) per pixel.
+inverse is exact too, ``W^{-1} = U'^{-1} L^{-1} P^T`` by two triangular solves: O(d^3) once,
+then O(d^2) per pixel.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Invertible1x1(Flow):
         raise NotImplementedError("not implemented yet: glow.Invertible1x1.forward")
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``z = W^{-1} x`` by two triangular solves: ``U' z = L^{-1} P^T x``."""
+        """``z = x @ W^{-T}`` on the feature (channel) axis, ``W^{-T} = P L^{-T} U'^{-T}``."""
         raise NotImplementedError("not implemented yet: glow.Invertible1x1.inverse")
 
     def weight(self) -> Tensor:

@@ -76,9 +76,9 @@ class Logit(Flow):
         ``log|det J_{f^{-1}}| = sum_i [log(1 - 2 alpha) - log p_i - log(1 - p_i)]``."""
         ### BEGIN SOLUTION
         p = self.alpha + (1 - 2 * self.alpha) * x
-        z = torch.log(p) - torch.log1p(-p)
-        log_abs_det = (math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p)).flatten(1)
-        return z, log_abs_det.sum(-1)
+        log_p, log_1mp = torch.log(p), torch.log1p(-p)
+        log_abs_det = (math.log(1 - 2 * self.alpha) - log_p - log_1mp).flatten(1)
+        return log_p - log_1mp, log_abs_det.sum(-1)
         ### END SOLUTION
 
 
