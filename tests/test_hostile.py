@@ -151,10 +151,15 @@ def _bomb():
 _bomb()
 """
 
+# name -> sha256 of each hidden suite: a file found by name is a leak only with the same content
+SUITE_HASHES = {
+    p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in (REPO / "tests/hidden/normalizing_flows").glob("test_*.py")
+}
 REACH_COURSE = f"""
-import os as _os
+import hashlib as _hashlib, os as _os
 _REPO, _HIDDEN = {str(REPO)!r}, {str(REPO / "tests/hidden/normalizing_flows/test_maf.py")!r}
-_SUITES = {sorted(p.name for p in (REPO / "tests/hidden/normalizing_flows").glob("test_*.py"))!r}
+_SUITES = {SUITE_HASHES!r}
 _leaks = []
 def _try(action):
     try:
@@ -175,7 +180,10 @@ for _pid in ["self", "1", str(_os.getppid())] + [p for p in _os.listdir("/proc")
         f"/proc/{{_pid}}/cwd") else _os.listdir("/nonexistent"))
 for _root, _dirs, _files in _os.walk("/"):
     _dirs[:] = [d for d in _dirs if d not in ("proc", "sys", "dev", "usr", "root")]
-    _leaks += [f.encode() for f in _files if f in _SUITES]  # a hidden suite's own file
+    for _f in _files:  # a hidden suite's own file (a library's test of the same name is not)
+        if _f in _SUITES:
+            _try(lambda: _f.encode() if _hashlib.sha256(open(_os.path.join(_root, _f), "rb").read(
+                )).hexdigest() == _SUITES[_f] else _os.listdir("/nonexistent"))
 for _target in (_REPO + "/solutions/normalizing_flows/flows/maf.py", _REPO + "/pwned", {{OUT}}):
     try:
         open(_target, "w").write("pwned")

@@ -58,10 +58,12 @@ class UserBackend(Backend):
         self.kill_user(uid)  # nothing of an earlier submission in this slot survives
 
         # Its own /tmp, /dev/shm, /var/tmp: capped tmpfs in a mount namespace of its own; its
-        # scratch and runtime folders (under the host's /tmp, often) are bound back in place.
+        # scratch and runtime folders (under the host's /tmp, often) and the Python install
+        # where it lies below one (a venv under /tmp) are bound back in place.
         ram = tuple(d for d in RAM_DIRS if os.path.isdir(d))
         box.ram_dirs = ram
         keep = [str(spec.scratch), str(spec.runtime)]
+        keep += [str(r) for r in python_roots() if any(r.is_relative_to(d) for d in ram)]
         mb = spec.limits.disk_mb
         options = f"size={mb}m,nr_inodes={mb * INODES_PER_MB},mode=1777".encode()
 
