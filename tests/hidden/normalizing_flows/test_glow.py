@@ -47,7 +47,8 @@ def actnorm(modules, channels: int, dtype: torch.dtype, key: str, first: tuple[i
     flow = modules.glow.ActNorm(channels)
     flow.to(dtype=dtype)
     batch = skewed_batch(first, f"ActNorm/{key}").to(dtype)
-    image_pair(flow(batch), f"ActNorm({channels}).forward on its first batch", first)
+    name = f"ActNorm({channels}).forward on its first batch"
+    expect_standardized(image_pair(flow(batch), name, first)[0], name, standard_tol(dtype))
     return flow
 
 
@@ -57,7 +58,9 @@ def actnorm_case(features: int) -> LayerCase:
     def build(m):
         flow = m.glow.ActNorm(features).to(dtype=torch.float64)
         first = skewed_batch((32, features), f"case/{features}")
-        image_pair(flow(first), f"ActNorm({features}).forward on its first batch", first.shape)
+        name = f"ActNorm({features}).forward on its first batch"
+        out, _ = image_pair(flow(first), name, first.shape)
+        expect_standardized(out, name, standard_tol(torch.float64))  # only an ActNorm goes on
         return flow
 
     return LayerCase(
@@ -78,6 +81,31 @@ def lu_case(features: int, randomize: float | None = 0.3) -> LayerCase:
         features,
         randomize=randomize,
     )
+
+
+def expect_learned_matrix(flow, name: str, features: int, dtype: torch.dtype) -> None:
+    """With its parameters re-drawn at random, an Invertible1x1's W (measured as the images of
+    the unit vectors) is no permutation: W = P L U' with random triangles is dense. So a layer
+    that is the identity or a fixed permutation earns none of the checks after this one."""
+    basis = torch.cat([torch.zeros(1, features), torch.eye(features)]).to(dtype)
+    out, _ = expect_pair(flow(basis), f"{name}.forward", *basis.shape)
+    W = (out[1:] - out[:1]).double()
+    permutation = bool(((W.abs() > 1e-6).sum(1) == 1).all()) and bool(
+        ((W.abs() - 1).abs() < 1e-6).sum() == features
+    )
+    assert not permutation, (
+        f"{name}: with its trainable parameters re-drawn at random, W = P L (U + diag(sign * "
+        f"exp(log_abs_s))) should be a dense learned matrix; it is a permutation of the inputs "
+        f"(the identity, a fixed P), so the layer does not use L, U or log_abs_s"
+    )
+
+
+def layer_of(case: LayerCase, modules, dtype: torch.dtype):
+    """The case's layer, an Invertible1x1 with re-drawn parameters checked to be one first."""
+    flow = case.layer(modules, dtype)
+    if case.name.startswith("Invertible1x1") and case.randomize is not None:
+        expect_learned_matrix(flow, case.name, case.features, dtype)
+    return flow
 
 
 @pytest.mark.weight(3)
@@ -114,6 +142,7 @@ def test_actnorm_initialises_once(modules, dtype, tol, shape, direction):
     name = f"ActNorm({shape[1]})"
     first = skewed_batch(shape, f"once/{shape}/{direction}").to(dtype)
     out, _ = image_pair(getattr(flow, direction)(first), f"{name}.{direction}", shape)
+    expect_standardized(out, f"{name}.{direction} on its first batch", standard_tol(dtype))
     a, b = fitted_affine(first, out)
     later = 10 * skewed_batch(shape, f"later/{shape}/{direction}").to(dtype) + 5
     got, _ = image_pair(getattr(flow, direction)(later), f"{name}.{direction}", shape)
@@ -168,7 +197,7 @@ BIJECTIONS = ACTNORM_CASES + LU_CASES
 @pytest.mark.parametrize("case", BIJECTIONS, ids=str)
 def test_invertible(case, modules, check, dtype):
     """Each layer's inverse undoes its forward exactly, and the other way round"""
-    flow = case.layer(modules, dtype)
+    flow = layer_of(case, modules, dtype)
     check.invertible(flow, case.inputs("invertible", dtype), case.name)
 
 
@@ -176,14 +205,14 @@ def test_invertible(case, modules, check, dtype):
 @pytest.mark.parametrize("case", BIJECTIONS, ids=str)
 def test_log_det_matches_jacobian(case, modules, check, dtype):
     """log|det J| of each layer equals that of its Jacobian, per sample, both directions"""
-    flow = case.layer(modules, dtype)
+    flow = layer_of(case, modules, dtype)
     check.log_det_matches_jacobian(flow, case.inputs("log-det", dtype), case.name)
 
 
 @pytest.mark.parametrize("case", BIJECTIONS[1:5], ids=str)
 def test_log_dets_negate_and_batch_independent(case, modules, check, dtype):
     """Forward and inverse log-dets are opposite, and each sample is transformed on its own"""
-    flow = case.layer(modules, dtype)
+    flow = layer_of(case, modules, dtype)
     check.log_dets_negate(flow, case.inputs("negate", dtype), case.name)
     check.batch_independent(flow, case.inputs("batch", dtype), case.name)
 
@@ -267,7 +296,7 @@ def test_1x1_log_det_is_linear_time(modules, check):
     determinant, inverse or Jacobian; inverse may invert or solve with W (once per call, not
     per sample), but takes its log-det from the LU form too"""
     features = 512
-    flow = lu_case(features, 0.05).layer(modules, torch.float32)
+    flow = layer_of(lu_case(features, 0.05), modules, torch.float32)
     name = f"Invertible1x1({features})"
     basis = torch.cat([torch.zeros(1, features), torch.eye(features)])
     out, log_det = expect_pair(flow(basis), f"{name}.forward", *basis.shape)
@@ -296,7 +325,7 @@ def test_images(modules, check, dtype, tol, jacobian_tol, layer, shape):
     if layer == "ActNorm":
         flow = actnorm(modules, channels, dtype, f"images/{shape}", shape)
     else:
-        flow = lu_case(channels).layer(modules, dtype)
+        flow = layer_of(lu_case(channels), modules, dtype)
     name = f"{layer}({channels})"
     images = skewed_batch(shape, f"images/{layer}/{shape}").to(dtype)
     out, _ = expect_acts_per_pixel(flow, images, name, "forward", tol)
@@ -317,5 +346,5 @@ def test_1x1_gradients_flow(modules, check):
     """Training needs gradients: autograd's gradients of Invertible1x1's outputs and log-dets
     (w.r.t. its parameters and its input) match finite differences"""
     case = lu_case(3)
-    flow = case.layer(modules, torch.float64)
+    flow = layer_of(case, modules, torch.float64)
     check.gradients(flow, case.inputs("gradients"), case.name)
