@@ -294,10 +294,13 @@ def test_a_test_that_times_out_again_alone_keeps_its_timeout(
     assert RERUN_NOTE in (tmp_path / "o" / "looping" / "feedback.md").read_text()
 
 
-def test_leaderboard_of_the_reference_and_none_without_working_code(graded, out: Path) -> None:
+def test_leaderboard_of_the_reference_and_none_without_working_code(
+    assignment: Assignment, graded, out: Path
+) -> None:
     """Gradescope's leaderboard (results.json) and the staff's copy (grading.json's run): the
-    reference's two-moons NLLs beside their floors, finite; the stubs and a refused flows/
-    report no figure (their tests did not pass)."""
+    reference's two-moons NLLs beside their floors and (where the course has the part) its
+    digits bits/dim, finite; the stubs and a refused flows/ report no figure (their tests did
+    not pass)."""
     board = {e["name"]: e for e in results(out, REFERENCE)["leaderboard"]}
     for model in ("RealNVP", "MAF"):
         nll = board[f"two moons {model}: held-out NLL (nats)"]["value"]
@@ -305,8 +308,9 @@ def test_leaderboard_of_the_reference_and_none_without_working_code(graded, out:
         assert 0.2 < floor < nll <= 0.6, (model, nll, floor)
     stored = json.loads((out / REFERENCE / GRADING).read_text())["run"]["leaderboard"]
     assert {e["name"] for e in stored} == set(board)
-    assert all(
-        e["part"] == "train" and "test_converges_on_two_moons" in e["nodeid"] for e in stored
-    )
+    measured_by = {"train": "test_converges_on_two_moons", "digits": "test_held_out_bits"}
+    assert all(measured_by[e["part"]] in e["nodeid"] for e in stored), stored
+    if "digits" in assignment.parts:
+        assert 2.0 < board["digits: held-out bits/dim"]["value"] <= 2.40
     for name in (STUBS, LINKED, BROKEN):
         assert "leaderboard" not in results(out, name), name

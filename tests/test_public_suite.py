@@ -205,8 +205,8 @@ LOGIT_WITHOUT_RESCALING = ExampleSpec(
     name="logit_log_det_without_alpha",
     file="dequantize",
     part="dequantize",
-    old="(math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p))",
-    new="(-torch.log(p) - torch.log1p(-p))",
+    old="(math.log(1 - 2 * self.alpha) - log_p - log_1mp)",
+    new="(-log_p - log_1mp)",
 )
 # Bits per dimension of the continuous density: the dequantization's log K per pixel left out.
 BITS_WITHOUT_LEVELS = ExampleSpec(
