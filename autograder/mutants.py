@@ -105,7 +105,11 @@ def run_mutants(
     with tempfile.TemporaryDirectory(prefix="autograder-mutants-") as scratch:
         root = Path(scratch)
         reference = _submission(assignment, root / REFERENCE, None)
-        expected = grade([reference], root / "out-reference", None)[REFERENCE]
+        # The reference on the mutants' own parts now, on the others only if a survivor needs
+        # them (a --part run of a quick part then never waits for the parts that train).
+        asked = list(dict.fromkeys(m.part for m in mutants)) or None
+        first = grade([reference], root / "out-reference", asked)[REFERENCE]
+        expected = {p: first[p] for p in asked or assignment.parts}
         folders = {m.id: _submission(assignment, root / m.id, m) for m in mutants}
         earned: dict[str, dict[str, float]] = {}
         for part in dict.fromkeys(m.part for m in mutants):
@@ -116,6 +120,10 @@ def run_mutants(
         ]
         survivors = [o.mutant for o in outcomes if not o.killed]
         if survivors:
+            rest = [p for p in assignment.parts if p not in expected]
+            if rest:
+                later = grade([reference], root / "out-reference-rest", rest)[REFERENCE]
+                expected.update({p: later[p] for p in rest})
             elsewhere = grade([folders[m.id] for m in survivors], root / "out-survivors", None)
             lost = {
                 m.id: any(elsewhere[m.id][p] < expected[p] - _TOLERANCE for p in assignment.parts)

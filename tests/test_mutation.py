@@ -149,6 +149,9 @@ def test_reviewed_equivalent_mutants_exist_and_have_reasons() -> None:
 @pytest.mark.slow
 def test_mutants_command_grades_a_sample_and_reports_it() -> None:
     command = [sys.executable, "-m", "autograder", "mutants", "normalizing_flows"]
+    # Two quick parts: the command's sampling, grading and report are the claim; the parts
+    # that train (train, digits) cost 10-20 s a mutant and are measured by benchmarks/mutants.
+    command += ["--part", "coupling", "--part", "maf"]
     command += ["--sample", "20", "--seed", "0", "--jobs", "2"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -158,7 +161,7 @@ def test_mutants_command_grades_a_sample_and_reports_it() -> None:
     )
     table = re.compile(r"(\w+) +(\d+) +(\d+) +(\d+) +(\d+) +(\d+\.\d)%")
     rows = {m[1]: m for m in map(table.fullmatch, lines) if m}
-    assert rows and set(rows) <= set(ASSIGNMENT.parts)
+    assert rows and set(rows) <= {"coupling", "maf"}
     assert sum(int(m[2]) for m in rows.values()) == 20
     for m in rows.values():
         mutants, killed, elsewhere, survived = (int(m[i]) for i in range(2, 6))
