@@ -32,6 +32,10 @@ import torch
 from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
+# The grader's AUROC (Mann-Whitney, ties counted half), so the figures here are the suite's.
+sys.path.insert(0, str(REPO / "tests" / "hidden" / "normalizing_flows"))
+from digits_task import auroc  # noqa: E402
+
 SOLUTION = REPO / "solutions" / "normalizing_flows"
 LEVELS, DIMS = 17, 64
 STEPS, BATCH_SIZE, LR, COPIES = 2000, 256, 1e-3, 16
@@ -54,19 +58,6 @@ def ood_sets(test: Tensor, seed: int = 0) -> dict[str, Tensor]:
         "shifted": shifted.reshape(test.shape),
         "uniform": torch.randint(LEVELS, test.shape, generator=generator),
     }
-
-
-def auroc(inlier: Tensor, outlier: Tensor) -> float:
-    """P(score of a random outlier > score of a random inlier), ties counted half (Mann-Whitney)."""
-    scores = torch.cat([inlier, outlier]).double()
-    ranks = torch.empty_like(scores)
-    order = scores.argsort()
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores.unique():  # average ranks over ties
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    n_in, n_out = len(inlier), len(outlier)
-    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
 
 
 def independent_pixels() -> torch.nn.Module:
